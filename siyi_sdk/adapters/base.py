@@ -1,0 +1,141 @@
+"""The adapter interface: one method, `send_packet(RequestPacket) -> ResponsePacket`."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self, TypeAlias
+
+from ..errors import TransportError
+from ..packets import Event, Request, RequestPacket, Response, ResponsePacket, StatusCode
+from ..peer import call_event_handler, call_request_handler
+
+__all__ = ["Adapter", "AdapterMode", "ClientEventHandler", "ClientRequestHandler"]
+
+logger = logging.getLogger(__name__)
+
+ClientRequestHandler: TypeAlias = Callable[[Request], Awaitable[Response] | Response]
+"""A handler for requests the server sends: `handler(request) -> Response`."""
+ClientEventHandler: TypeAlias = Callable[[Event], Awaitable[None] | None]
+"""A handler for events the server sends: `handler(event)`."""
+
+
+class AdapterMode(enum.Flag):
+    """What an adapter can do: SEND requests, RECEIVE events and server requests, or both."""
+
+    SEND = enum.auto()
+    RECEIVE = enum.auto()
+
+
+class Adapter(ABC):
+    """A way to reach the server.
+
+    Writing an adapter means implementing `send_packet`; everything else has a default.
+    `mode` and `priority` are class attributes a subclass may override (the built-in adapters
+    also take them as constructor keywords). An adapter is an async context manager:
+    `start()` on enter, `close()` on exit (both no-ops by default).
+
+    Attributes:
+        mode: SEND (the default), RECEIVE, or both.
+        priority: higher is preferred by an AdapterManager (default 0).
+    """
+
+    mode: AdapterMode = AdapterMode.SEND
+    priority: int = 0
+
+    # Class-level defaults so that a subclass needs no constructor of its own.
+    _request_handler: ClientRequestHandler | None = None
+    _event_handlers: tuple[ClientEventHandler, ...] = ()
+    _parent: Adapter | None = None
+
+    @abstractmethod
+    async def send_packet(self, packet: RequestPacket) -> ResponsePacket:
+        """Carry one Request to the server and return its Response.
+
+        Args:
+            packet: the Request; its id is kept as is (a retry elsewhere reuses it).
+
+        Returns:
+            The Response, whatever its status: an error Response is an answer.
+
+        Raises:
+            TransportError: (or `ConnectionError`/`OSError`) the packet may not have arrived;
+                an AdapterManager then tries the next adapter.
+        """
+
+    @property
+    def name(self) -> str:
+        """How logs and errors name this adapter (its class name by default)."""
+        return type(self).__name__
+
+    @property
+    def is_available(self) -> bool:
+        """False while the adapter knows it cannot send (e.g. its socket is down)."""
+        return True
+
+    async def send_event(self, event: Event) -> None:
+        """Send one Event to the server.
+
+        Raises:
+            TransportError: this adapter cannot carry events, or the transport failed.
+        """
+        raise TransportError(f"{self.name} cannot send events")
+
+    async def start(self) -> None:
+        """Open whatever the adapter needs (no-op by default)."""
+
+    async def close(self) -> None:
+        """Release the adapter's resources (no-op by default)."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # Receiving. Handlers registered on the adapter win; otherwise it hands what it receives to
+    # its parent (an AdapterManager sets itself as parent).
+
+    def on_request(self, handler: ClientRequestHandler) -> ClientRequestHandler:
+        """Register the handler for requests the server sends; usable as a decorator."""
+        self._request_handler = handler
+        return handler
+
+    def on_event(self, handler: ClientEventHandler) -> ClientEventHandler:
+        """Add a handler for events the server sends; usable as a decorator."""
+        self._event_handlers = (*self._event_handlers, handler)
+        return handler
+
+    def set_parent(self, parent: Adapter | None) -> None:
+        """Hand received packets to `parent` when this adapter has no handler of its own."""
+        self._parent = parent
+
+    async def handle_request(self, request: Request) -> Response:
+        """Answer a request the server sent (RECEIVE adapters call this)."""
+        if self._request_handler is not None:
+            return await call_request_handler(self._request_handler, (request,), request)
+        if self._parent is not None:
+            return await self._parent.handle_request(request)
+        return Response.fail(
+            request.id, f"unknown command: {request.command!r}", StatusCode.UNKNOWN_COMMAND
+        )
+
+    async def handle_event(self, event: Event) -> None:
+        """Deliver an event the server sent (RECEIVE adapters call this)."""
+        if self._event_handlers:
+            for handler in self._event_handlers:
+                await call_event_handler(handler, (event,), event.name)
+            return
+        if self._parent is not None:
+            await self._parent.handle_event(event)
+        else:
+            logger.debug("%s: no handler for event %r", self.name, event.name)

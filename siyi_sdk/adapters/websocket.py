@@ -1,0 +1,266 @@
+"""WebSocketAdapter: a self-reconnecting WebSocket to the server, SEND and RECEIVE."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
+
+from ..errors import NotConnectedError, TransportError
+from ..packets import Event, RequestPacket, ResponsePacket
+from ..peer import Peer
+from .base import Adapter, AdapterMode
+
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "WebSocketAdapter"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+
+# What a failed connection attempt can raise; anything else is a bug and stops the loop.
+_RETRYABLE = (OSError, aiohttp.ClientError, TimeoutError, TransportError)
+
+
+class WebSocketAdapter(Adapter):
+    """A WebSocket to the server that keeps itself connected.
+
+    `start()` (or `async with`) makes the first connection attempt, bounded by
+    `connect_timeout`, then keeps reconnecting in the background with exponential backoff and
+    jitter starting at `reconnect_interval`. Requests sent while it is down fail at once with
+    `NotConnectedError`; requests in flight when it drops fail at once with
+    `ConnectionClosedError`.
+
+    Args:
+        url: the server's WebSocket URL, e.g. ``ws://127.0.0.1:8765``.
+        priority: preference within an AdapterManager (higher first).
+        mode: override SEND | RECEIVE.
+        reconnect_interval: first backoff delay in seconds.
+        max_reconnect_interval: the backoff's ceiling in seconds.
+        request_timeout: default seconds to wait for a Response (None: no limit).
+        connect_timeout: seconds one connection attempt may take.
+        heartbeat_interval: seconds between the client's own pings (None: only answer the
+            server's); a server that stops answering is dropped within 1.5 intervals.
+        max_message_size: the largest frame accepted from the server.
+        max_in_flight: server requests handled at once; more get 429.
+        headers: extra HTTP headers for the upgrade request.
+        sleep: the coroutine used to wait between attempts (inject a fast one in tests).
+    """
+
+    mode = AdapterMode.SEND | AdapterMode.RECEIVE
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        priority: int | None = None,
+        mode: AdapterMode | None = None,
+        reconnect_interval: float = 1.0,
+        max_reconnect_interval: float = 30.0,
+        request_timeout: float | None = 30.0,
+        connect_timeout: float = 10.0,
+        heartbeat_interval: float | None = 30.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_in_flight: int = 1000,
+        headers: Mapping[str, str] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.url = url
+        if priority is not None:
+            self.priority = priority
+        if mode is not None:
+            self.mode = mode
+        self.reconnect_interval = reconnect_interval
+        self.max_reconnect_interval = max_reconnect_interval
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.max_message_size = max_message_size
+        self.max_in_flight = max_in_flight
+        self.headers = dict(headers or {})
+        self._sleep = sleep
+        self._peer: Peer | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._attempted = asyncio.Event()
+        self._closing = False
+
+    @property
+    def name(self) -> str:
+        """``WebSocketAdapter(<url>)``."""
+        return f"{type(self).__name__}({self.url})"
+
+    @property
+    def is_connected(self) -> bool:
+        """True while a WebSocket to the server is open."""
+        peer = self._peer
+        return peer is not None and not peer.closed
+
+    @property
+    def is_available(self) -> bool:
+        """Same as `is_connected`: a manager skips this adapter while it is down."""
+        return self.is_connected
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the WebSocket is open.
+
+        Raises:
+            asyncio.TimeoutError: not connected within `timeout` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
+
+    async def send_packet(
+        self, packet: RequestPacket, *, timeout: float | None = None
+    ) -> ResponsePacket:
+        """Send a Request over the WebSocket and wait for its Response.
+
+        Args:
+            packet: the Request (its id is kept).
+            timeout: seconds to wait; defaults to `request_timeout`.
+
+        Raises:
+            NotConnectedError: not connected right now.
+            ConnectionClosedError: the connection dropped before the Response came.
+            RequestTimeoutError: no Response in time (an `asyncio.TimeoutError`).
+        """
+        peer = self._peer
+        if peer is None:
+            raise NotConnectedError(f"not connected to {self.url}")
+        return await peer.request(packet, self.request_timeout if timeout is None else timeout)
+
+    async def send_event(self, event: Event) -> None:
+        """Send an Event over the WebSocket.
+
+        Raises:
+            NotConnectedError: not connected right now.
+            ConnectionClosedError: the connection dropped while sending.
+        """
+        peer = self._peer
+        if peer is None:
+            raise NotConnectedError(f"not connected to {self.url}")
+        await peer.send(event)
+
+    async def start(self) -> None:
+        """Make the first connection attempt, then keep reconnecting in the background.
+
+        Returns after the first attempt, connected or not (`is_connected` tells which).
+        """
+        if self._runner is not None and not self._runner.done():
+            return
+        self._closing = False
+        self._attempted.clear()
+        self._runner = asyncio.create_task(self._serve(auto_reconnect=True))
+        waiter = asyncio.create_task(self._attempted.wait())
+        await asyncio.wait(
+            {waiter, self._runner},
+            timeout=self.connect_timeout + 1.0,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        waiter.cancel()
+
+    async def close(self) -> None:
+        """Close the WebSocket (code 1000) and stop reconnecting. Idempotent."""
+        self._closing = True
+        peer = self._peer
+        if peer is not None:
+            await peer.close(1000)
+        runner = self._runner
+        if runner is not None and runner is not asyncio.current_task():
+            if not runner.done():
+                runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        self._runner = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _open(self) -> Peer:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        async with asyncio.timeout(self.connect_timeout):
+            ws = await self._http.ws_connect(
+                self.url,
+                heartbeat=self.heartbeat_interval,
+                max_msg_size=self.max_message_size,
+                headers=self.headers,
+                autoclose=True,
+                autoping=True,
+            )
+        return Peer(
+            ws,
+            on_request=self.handle_request,
+            on_event=self.handle_event,
+            max_in_flight=self.max_in_flight,
+            label=self.url,
+        )
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        self._attempted.set()
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        logger.info(
+            "connecting to %s failed (%s: %s); attempt %d, retrying in %.2f s",
+            self.url,
+            type(exc).__name__,
+            exc,
+            state.attempt_number,
+            delay,
+        )
+
+    async def _connect_retrying(self) -> Peer:
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(
+                initial=self.reconnect_interval,
+                max=self.max_reconnect_interval,
+                jitter=self.reconnect_interval / 2,
+            ),
+            retry=retry_if_exception_type(_RETRYABLE),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._open()
+        raise AssertionError("unreachable: tenacity retries until success")  # pragma: no cover
+
+    async def _serve(self, *, auto_reconnect: bool) -> None:
+        """Connect; read until the connection drops; repeat while `auto_reconnect`."""
+        try:
+            while not self._closing:
+                try:
+                    peer = await (self._connect_retrying() if auto_reconnect else self._open())
+                finally:
+                    self._attempted.set()
+                if self._closing:
+                    await peer.close(1000)
+                    return
+                self._peer = peer
+                self._connected.set()
+                logger.info("connected to %s", self.url)
+                opened = time.monotonic()
+                try:
+                    await peer.run()
+                finally:
+                    self._connected.clear()
+                    self._peer = None
+                if self._closing or not auto_reconnect:
+                    return
+                logger.warning("connection to %s lost (code %s)", self.url, peer.close_code)
+                if time.monotonic() - opened < self.reconnect_interval:
+                    # A server that accepts then drops at once must not make us spin.
+                    await self._sleep(self.reconnect_interval)
+        finally:
+            if self._closing and self._http is not None:
+                await self._http.close()
+                self._http = None

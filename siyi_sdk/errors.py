@@ -1,0 +1,224 @@
+"""Every exception siyi-sdk raises, in one place.
+
+The tree::
+
+    SiyiError
+    ├── ProtocolError (also ValueError)        a frame that is not a valid packet
+    ├── TransportError (also ConnectionError)  the link could not carry the packet
+    │   ├── NotConnectedError                  no live connection to send on
+    │   ├── ConnectionClosedError              the connection dropped while a request waited
+    │   └── AllAdaptersFailedError             every adapter of a manager failed
+    ├── RequestTimeoutError (also TimeoutError = asyncio.TimeoutError)
+    │                                          no Response within the request's timeout
+    └── ApiError                               the peer answered with an error Response
+        ├── HandlerFailedError          1      a handler reported failure
+        ├── BadRequestError             400
+        ├── UnauthorizedError           401
+        ├── ForbiddenError              403
+        ├── UnknownCommandError         404
+        ├── HandlerTimeoutError         408
+        ├── TooLargeError               413
+        ├── BusyError                   429
+        ├── InternalServerError         500
+        └── UnavailableError            503
+
+`TransportError` means "this packet may not have arrived: another route may carry it";
+an `ApiError` is an answer and is never retried elsewhere. Server-side handlers may raise an
+`ApiError` (or a subclass) to answer with its code and message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from .packets import Response
+
+__all__ = [
+    "AllAdaptersFailedError",
+    "ApiError",
+    "BadRequestError",
+    "BusyError",
+    "ConnectionClosedError",
+    "ForbiddenError",
+    "HandlerFailedError",
+    "HandlerTimeoutError",
+    "InternalServerError",
+    "NotConnectedError",
+    "ProtocolError",
+    "RequestTimeoutError",
+    "SiyiError",
+    "TooLargeError",
+    "TransportError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "UnknownCommandError",
+    "error_for_response",
+]
+
+
+class SiyiError(Exception):
+    """Base class of every error raised by siyi-sdk."""
+
+
+class ProtocolError(SiyiError, ValueError):
+    """A frame could not be read as a packet (PROTOCOL.md §4).
+
+    Attributes:
+        code: the status code the peer should be answered with (400 or 413).
+        packet_id: the frame's id when it had a usable one, else None.
+    """
+
+    def __init__(self, message: str, *, code: int = 400, packet_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.packet_id = packet_id
+
+
+class TransportError(SiyiError, ConnectionError):
+    """The transport failed: the packet may not have reached the peer."""
+
+
+class NotConnectedError(TransportError):
+    """There is no live connection to send on."""
+
+
+class ConnectionClosedError(TransportError):
+    """The connection dropped while a request was waiting for its Response."""
+
+
+class AllAdaptersFailedError(TransportError):
+    """Every adapter able to send failed with a transport error.
+
+    Attributes:
+        errors: each adapter's name with the error it raised, in the order they were tried.
+    """
+
+    def __init__(self, errors: list[tuple[str, BaseException]]) -> None:
+        self.errors = errors
+        detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in errors)
+        super().__init__(f"every adapter failed ({detail})" if errors else "no adapter can send")
+
+
+class RequestTimeoutError(SiyiError, TimeoutError):
+    """No Response arrived within the request's timeout.
+
+    It is an `asyncio.TimeoutError` (the same class as `TimeoutError` since Python 3.11), so
+    `except asyncio.TimeoutError` catches it.
+    """
+
+
+class ApiError(SiyiError):
+    """The peer answered with an error Response.
+
+    Raised by the typed `Api`; handlers on either side may raise it too, and the peer is then
+    answered with `code` and the message.
+
+    Attributes:
+        code: the Response's status code.
+        response: the Response, when this error was built from one.
+    """
+
+    default_code: ClassVar[int] = 1
+
+    def __init__(
+        self, message: str, *, code: int | None = None, response: Response | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = self.default_code if code is None else code
+        self.response = response
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+
+class HandlerFailedError(ApiError):
+    """A handler reported failure (code 1)."""
+
+    default_code = 1
+
+
+class BadRequestError(ApiError):
+    """The packet or its params were invalid (400)."""
+
+    default_code = 400
+
+
+class UnauthorizedError(ApiError):
+    """Missing or wrong credentials (401)."""
+
+    default_code = 401
+
+
+class ForbiddenError(ApiError):
+    """Authenticated but not allowed (403)."""
+
+    default_code = 403
+
+
+class UnknownCommandError(ApiError):
+    """No handler for the command (404)."""
+
+    default_code = 404
+
+
+class HandlerTimeoutError(ApiError):
+    """The handler ran past the server's deadline (408)."""
+
+    default_code = 408
+
+
+class TooLargeError(ApiError):
+    """A packet or upload over the configured limit (413)."""
+
+    default_code = 413
+
+
+class BusyError(ApiError):
+    """Too many requests in flight for this peer (429)."""
+
+    default_code = 429
+
+
+class InternalServerError(ApiError):
+    """The handler raised an exception (500)."""
+
+    default_code = 500
+
+
+class UnavailableError(ApiError):
+    """The server is shutting down (503)."""
+
+    default_code = 503
+
+
+_ERRORS_BY_CODE: dict[int, type[ApiError]] = {
+    cls.default_code: cls
+    for cls in (
+        HandlerFailedError,
+        BadRequestError,
+        UnauthorizedError,
+        ForbiddenError,
+        UnknownCommandError,
+        HandlerTimeoutError,
+        TooLargeError,
+        BusyError,
+        InternalServerError,
+        UnavailableError,
+    )
+}
+
+
+def error_for_response(response: Response) -> ApiError:
+    """Build the typed error for an error Response.
+
+    Args:
+        response: a Response whose status is "error".
+
+    Returns:
+        An instance of the `ApiError` subclass for its code (`ApiError` itself for
+        application codes), carrying the code, message and Response.
+    """
+    cls = _ERRORS_BY_CODE.get(response.code, ApiError)
+    return cls(response.error or "error", code=response.code, response=response)

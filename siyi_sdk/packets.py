@@ -1,0 +1,283 @@
+"""The three packets of the wire protocol and their JSON codec (PROTOCOL.md §2-§3).
+
+Pure data: nothing here does I/O. `parse_message` is the one place a frame becomes a packet,
+and `encode` the one place a packet becomes a frame; client, server and adapters all use them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import IntEnum
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Event",
+    "Packet",
+    "Request",
+    "RequestPacket",
+    "Response",
+    "ResponsePacket",
+    "StatusCode",
+    "encode",
+    "format_validation_error",
+    "new_id",
+    "parse_message",
+    "parse_object",
+]
+
+PROTOCOL_VERSION: Final = 1
+"""The integer protocol version this package speaks (served by `/about`)."""
+
+MAX_ID_LENGTH: Final = 128
+
+
+class StatusCode(IntEnum):
+    """The status codes of a Response (PROTOCOL.md §3). Codes from 1000 up are the application's."""
+
+    OK = 0
+    FAILED = 1
+    BAD_REQUEST = 400
+    UNAUTHORIZED = 401
+    FORBIDDEN = 403
+    UNKNOWN_COMMAND = 404
+    TIMEOUT = 408
+    TOO_LARGE = 413
+    BUSY = 429
+    INTERNAL_ERROR = 500
+    UNAVAILABLE = 503
+
+
+def new_id() -> str:
+    """Return a fresh packet id (a UUID4 string)."""
+    return str(uuid.uuid4())
+
+
+PacketId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class Request(BaseModel):
+    """Ask the other side to run `command` with `params`; it answers with one Response.
+
+    `Request(command="echo", params={"x": 1})` generates its id.
+
+    Attributes:
+        id: unique per sender while in flight (1-128 characters).
+        command: the command's name.
+        params: the command's arguments, a JSON object or None.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: PacketId = Field(default_factory=new_id)
+    type: Literal["request"] = "request"
+    command: str = Field(min_length=1)
+    params: dict[str, Any] | None = None
+
+
+class Event(BaseModel):
+    """A one-way notice; nobody answers it.
+
+    Attributes:
+        id: unique per sender (generated when not given).
+        name: the event's name.
+        data: any JSON value.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: PacketId = Field(default_factory=new_id)
+    type: Literal["event"] = "event"
+    name: str = Field(min_length=1)
+    data: Any = None
+
+
+class Response(BaseModel):
+    """The answer to exactly one Request, carrying its id.
+
+    Build one with `Response.success(id, data)` or `Response.fail(id, error, code)`. `code` is 0
+    exactly when `status` is "ok"; when it is left out (the seed's older form) it is read as 0 for
+    ok and 1 for error.
+
+    Attributes:
+        id: the id of the Request answered; None only when that request had no usable id.
+        status: "ok" or "error".
+        code: 0 for ok, else a `StatusCode` or an application code (>= 1000).
+        data: the result (ok).
+        error: a human-readable message (error).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: PacketId | None
+    type: Literal["response"] = "response"
+    status: Literal["ok", "error"]
+    code: int = -1
+    data: Any = None
+    error: str | None = None
+
+    @model_validator(mode="after")
+    def _check_code(self) -> Response:
+        if self.code == -1:
+            self.code = 0 if self.status == "ok" else StatusCode.FAILED
+        elif (self.code == 0) != (self.status == "ok"):
+            raise ValueError(f"code {self.code} does not agree with status {self.status!r}")
+        if self.status == "error" and self.error is None:
+            self.error = f"error {self.code}"
+        return self
+
+    @property
+    def ok(self) -> bool:
+        """True when the status is "ok"."""
+        return self.status == "ok"
+
+    @classmethod
+    def success(cls, id: str | None, data: Any = None) -> Response:
+        """Build an ok Response.
+
+        Args:
+            id: the id of the Request answered.
+            data: the result, any JSON-serialisable value.
+        """
+        return cls(id=id, status="ok", code=0, data=data)
+
+    @classmethod
+    def fail(cls, id: str | None, error: str, code: int = StatusCode.FAILED) -> Response:
+        """Build an error Response.
+
+        Args:
+            id: the id of the Request answered.
+            error: a human-readable message.
+            code: a non-zero status code (default 1, FAILED).
+
+        Raises:
+            pydantic.ValidationError: when `code` is 0.
+        """
+        return cls(id=id, status="error", code=code, error=error)
+
+
+RequestPacket: TypeAlias = Request
+"""The adapter layer's name for `Request`."""
+ResponsePacket: TypeAlias = Response
+"""The adapter layer's name for `Response`."""
+Packet: TypeAlias = Request | Response | Event
+"""Any of the three packets."""
+
+_MODELS: Final[dict[object, type[Request] | type[Response] | type[Event]]] = {
+    "request": Request,
+    "response": Response,
+    "event": Event,
+}
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """Render a pydantic error as one line: ``field: message; other: message``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "value"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def usable_id(obj: dict[str, Any]) -> str | None:
+    """Return the object's `id` if it is usable (a string of 1-128 characters), else None."""
+    pid = obj.get("id")
+    if isinstance(pid, str) and 0 < len(pid) <= MAX_ID_LENGTH:
+        return pid
+    return None
+
+
+def parse_object(obj: Any) -> Packet:
+    """Validate an already-decoded JSON value as a packet.
+
+    Args:
+        obj: the decoded JSON value.
+
+    Returns:
+        The Request, Response or Event it describes.
+
+    Raises:
+        ProtocolError: with code 400 and the usable id (or None) when it is not a valid packet.
+    """
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"a packet must be a JSON object, not {type(obj).__name__}")
+    pid = usable_id(obj)
+    kind = obj.get("type")
+    model = _MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ProtocolError(
+            f"unknown packet type {kind!r}: expected 'request', 'response' or 'event'",
+            packet_id=pid,
+        )
+    if pid is None and model is not Response:
+        raise ProtocolError(
+            "no usable id: 'id' must be a string of 1 to 128 characters", packet_id=None
+        )
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise ProtocolError(
+            f"invalid {kind}: {format_validation_error(exc)}", packet_id=pid
+        ) from None
+
+
+def parse_message(raw: str | bytes | bytearray | memoryview) -> Packet:
+    """Decode one frame (one JSON object) into its packet.
+
+    Args:
+        raw: the frame's text or UTF-8 bytes.
+
+    Returns:
+        The Request, Response or Event it carries.
+
+    Raises:
+        ProtocolError: with code 400 and the frame's usable id (or None) when the frame is not
+            JSON, not an object, or not a valid packet.
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"not valid JSON: {exc}") from None
+    return parse_object(obj)
+
+
+def _default(value: Any) -> Any:
+    # orjson calls this only for types it does not know: let results be pydantic models.
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def encode(packet: Packet) -> bytes:
+    """Encode a packet as the UTF-8 JSON bytes of one frame.
+
+    Args:
+        packet: the packet to encode.
+
+    Raises:
+        TypeError: when its params or data are not JSON-serialisable.
+    """
+    # Built by hand rather than with model_dump: this is the hot path and the shape is fixed.
+    if isinstance(packet, Response):
+        obj: dict[str, Any] = {
+            "id": packet.id,
+            "type": "response",
+            "status": packet.status,
+            "code": packet.code,
+        }
+        if packet.status == "ok":
+            obj["data"] = packet.data
+        else:
+            obj["error"] = packet.error
+    elif isinstance(packet, Request):
+        obj = {"id": packet.id, "type": "request", "command": packet.command}
+        if packet.params is not None:
+            obj["params"] = packet.params
+    else:
+        obj = {"id": packet.id, "type": "event", "name": packet.name, "data": packet.data}
+    return orjson.dumps(obj, default=_default)

@@ -1,0 +1,317 @@
+"""The engine of one live WebSocket, shared by server connections and clients.
+
+A `Peer` owns the id -> Future map of requests in flight, reads frames, answers bad ones
+(PROTOCOL.md §4), runs each incoming request in its own task (bounded per connection), runs
+events one at a time in order (§6), and fails every waiting request at once when the connection
+drops. `call_request_handler` is the one place a handler's outcome becomes a Response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import WSMsgType
+
+from .errors import (
+    ApiError,
+    ConnectionClosedError,
+    NotConnectedError,
+    ProtocolError,
+    RequestTimeoutError,
+)
+from .packets import Event, Packet, Request, Response, StatusCode, encode, parse_message
+
+__all__ = ["Peer", "call_event_handler", "call_request_handler", "encode_response"]
+
+logger = logging.getLogger(__name__)
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+
+
+class WebSocketLike(Protocol):
+    """What a Peer needs of a WebSocket: aiohttp's client and server sockets both fit."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    async def receive(self, timeout: float | None = None) -> Any: ...
+
+    async def send_frame(
+        self, message: bytes, opcode: WSMsgType, compress: int | None = None
+    ) -> None: ...
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
+
+
+async def call_request_handler(
+    handler: Callable[..., Any], args: tuple[Any, ...], request: Request
+) -> Response:
+    """Run a request handler and turn whatever happens into a Response.
+
+    The handler may be sync or async and must return a Response. An `ApiError` it raises
+    becomes an error Response with that code; any other exception, or a return value that is
+    not a Response, is a programming error: 500 to the peer (no traceback leaks), a logged
+    traceback here.
+
+    Args:
+        handler: the user's handler.
+        args: the arguments to call it with.
+        request: the Request being answered.
+
+    Returns:
+        The Response to send, with the request's id.
+    """
+    try:
+        result = handler(*args)
+        if inspect.isawaitable(result):
+            result = await result
+    except ApiError as exc:
+        return Response.fail(request.id, exc.message, exc.code or StatusCode.FAILED)
+    except Exception:
+        logger.exception("handler for %r raised", request.command)
+        return Response.fail(
+            request.id,
+            f"internal error: the handler for {request.command!r} raised an exception",
+            StatusCode.INTERNAL_ERROR,
+        )
+    if not isinstance(result, Response):
+        logger.error(
+            "handler for %r returned %s, not a Response", request.command, type(result).__name__
+        )
+        return Response.fail(
+            request.id,
+            f"internal error: the handler for {request.command!r} returned no Response",
+            StatusCode.INTERNAL_ERROR,
+        )
+    if result.id != request.id:
+        # A Response answers exactly one request: never let a handler mislabel it.
+        result = result.model_copy(update={"id": request.id})
+    return result
+
+
+async def call_event_handler(handler: Callable[..., Any], args: tuple[Any, ...], name: str) -> None:
+    """Run an event handler (sync or async); an exception is logged, never propagated."""
+    try:
+        result = handler(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("handler for event %r raised", name)
+
+
+def encode_response(response: Response) -> bytes:
+    """Encode a Response; data that is not JSON-serialisable becomes a 500 (logged)."""
+    try:
+        return encode(response)
+    except TypeError:
+        logger.exception("the result for request %r is not JSON-serialisable", response.id)
+        return encode(
+            Response.fail(
+                response.id,
+                "internal error: the result is not JSON-serialisable",
+                StatusCode.INTERNAL_ERROR,
+            )
+        )
+
+
+class Peer:
+    """One live WebSocket: request matching, dispatch of incoming packets, ordered event handling.
+
+    Args:
+        ws: an aiohttp WebSocket (client or server side), already open.
+        on_request: answers an incoming Request; must not raise (wrap the user's handler with
+            `call_request_handler`).
+        on_event: handles an incoming Event; called for one event at a time, in order.
+        max_in_flight: incoming requests being handled at once; more get 429 at once.
+        label: how logs name this peer.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketLike,
+        *,
+        on_request: Callable[[Request], Awaitable[Response]],
+        on_event: Callable[[Event], Awaitable[None]],
+        max_in_flight: int = 1000,
+        label: str = "peer",
+    ) -> None:
+        self._ws = ws
+        self._on_request = on_request
+        self._on_event = on_event
+        self._max_in_flight = max_in_flight
+        self.label = label
+        self._pending: dict[str, asyncio.Future[Response]] = {}
+        self.handling: set[asyncio.Task[None]] = set()
+        """Tasks running incoming requests (the server waits for them on shutdown)."""
+        self._events: deque[Event] = deque()
+        self._event_worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has dropped or been closed."""
+        return self._closed or self._ws.closed
+
+    @property
+    def close_code(self) -> int | None:
+        """The WebSocket close code, once closed."""
+        return self._ws.close_code
+
+    async def send(self, packet: Packet) -> None:
+        """Send one packet.
+
+        Raises:
+            NotConnectedError: the connection is already closed.
+            ConnectionClosedError: it dropped while sending.
+            TypeError: the packet's params or data are not JSON-serialisable.
+        """
+        await self.send_raw(encode(packet))
+
+    async def send_raw(self, data: bytes) -> None:
+        """Send one already-encoded packet as a text frame (broadcasts encode once).
+
+        Raises:
+            NotConnectedError: the connection is already closed.
+            ConnectionClosedError: it dropped while sending.
+        """
+        if self.closed:
+            raise NotConnectedError(f"{self.label}: the connection is closed")
+        try:
+            await self._ws.send_frame(data, _TEXT)
+        except ConnectionError as exc:
+            raise ConnectionClosedError(f"{self.label}: the connection dropped: {exc}") from exc
+
+    async def request(self, request: Request, timeout: float | None) -> Response:
+        """Send a Request and wait for its Response.
+
+        Args:
+            request: the Request; its id must not be in flight already.
+            timeout: seconds to wait for the Response, None for no limit.
+
+        Returns:
+            The Response, whatever its status.
+
+        Raises:
+            NotConnectedError: the connection is closed.
+            ConnectionClosedError: it dropped before the Response came.
+            RequestTimeoutError: no Response within `timeout` (an `asyncio.TimeoutError`).
+            ValueError: a request with the same id is already in flight here.
+        """
+        if self.closed:
+            raise NotConnectedError(f"{self.label}: the connection is closed")
+        rid = request.id
+        if rid in self._pending:
+            raise ValueError(f"a request with id {rid!r} is already in flight")
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        try:
+            await self.send_raw(encode(request))
+            if timeout is None:
+                return await future
+            try:
+                async with asyncio.timeout(timeout):
+                    return await future
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"no response to {request.command!r} within {timeout:g} s"
+                ) from None
+        finally:
+            del self._pending[rid]
+
+    async def close(self, code: int = 1000, message: str = "") -> None:
+        """Close the WebSocket with `code`; `run()` then returns."""
+        await self._ws.close(code=code, message=message.encode())
+
+    async def run(self) -> None:
+        """Read frames until the connection closes, then fail every request still waiting."""
+        ws = self._ws
+        try:
+            while True:
+                msg = await ws.receive()
+                kind = msg.type
+                if kind is _TEXT or kind is _BINARY:
+                    await self._on_frame(msg.data)
+                elif kind in (
+                    WSMsgType.CLOSE,
+                    WSMsgType.CLOSING,
+                    WSMsgType.CLOSED,
+                    WSMsgType.ERROR,
+                ):
+                    if kind is WSMsgType.ERROR:
+                        logger.info("%s: connection error: %s", self.label, msg.data)
+                    break
+        finally:
+            self._closed = True
+            code = ws.close_code
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(
+                        ConnectionClosedError(
+                            f"{self.label}: the connection dropped (code {code}) "
+                            "before the response came"
+                        )
+                    )
+
+    async def _on_frame(self, raw: str | bytes) -> None:
+        try:
+            packet = parse_message(raw)
+        except ProtocolError as exc:
+            logger.debug("%s: bad frame: %s", self.label, exc)
+            await self._send_quietly(encode(Response.fail(exc.packet_id, str(exc), exc.code)))
+            return
+        if type(packet) is Response:
+            future = self._pending.get(packet.id) if packet.id is not None else None
+            if future is None or future.done():
+                logger.debug(
+                    "%s: dropping a response that matches nothing: %r", self.label, packet.id
+                )
+            else:
+                future.set_result(packet)
+        elif type(packet) is Request:
+            if len(self.handling) >= self._max_in_flight:
+                await self._send_quietly(
+                    encode(
+                        Response.fail(
+                            packet.id,
+                            f"busy: {self._max_in_flight} requests already in flight",
+                            StatusCode.BUSY,
+                        )
+                    )
+                )
+                return
+            task = asyncio.create_task(self._answer(packet))
+            self.handling.add(task)
+            task.add_done_callback(self.handling.discard)
+        else:
+            assert type(packet) is Event
+            self._events.append(packet)
+            if self._event_worker is None:
+                self._event_worker = asyncio.create_task(self._drain_events())
+
+    async def _answer(self, request: Request) -> None:
+        response = await self._on_request(request)
+        await self._send_quietly(encode_response(response))
+
+    async def _drain_events(self) -> None:
+        # One worker per connection, alive only while events wait: handlers never overlap and
+        # run in arrival order, yet the reader never blocks on them.
+        try:
+            while self._events:
+                await self._on_event(self._events.popleft())
+        finally:
+            self._event_worker = None
+
+    async def _send_quietly(self, data: bytes) -> None:
+        try:
+            await self.send_raw(data)
+        except (NotConnectedError, ConnectionClosedError):
+            logger.debug("%s: an answer was lost: the connection is closed", self.label)
