@@ -4,8 +4,26 @@ The public names are all importable from here; see the README for a tour.
 """
 
 from ._version import __version__
-from .adapters import Adapter, AdapterMode, WebSocketAdapter
-from .api import Command, EventModel
+from .adapters import (
+    Adapter,
+    AdapterManager,
+    AdapterMode,
+    HttpAdapter,
+    MockAdapter,
+    WebSocketAdapter,
+)
+from .api import (
+    Api,
+    Command,
+    Echo,
+    EventModel,
+    GameStatus,
+    GetPlayerList,
+    GetStatus,
+    PlayerJoined,
+    PlayerUpdate,
+    PlayerUpdatedNotification,
+)
 from .client import ProtocolClient
 from .errors import (
     AllAdaptersFailedError,
@@ -17,6 +35,7 @@ from .errors import (
     HandlerFailedError,
     HandlerTimeoutError,
     InternalServerError,
+    InvalidResultError,
     NotConnectedError,
     ProtocolError,
     RequestTimeoutError,
@@ -44,22 +63,34 @@ from .server import Connection, ProtocolServer
 __all__ = [
     "PROTOCOL_VERSION",
     "Adapter",
+    "AdapterManager",
     "AdapterMode",
     "AllAdaptersFailedError",
+    "Api",
     "ApiError",
     "BadRequestError",
     "BusyError",
     "Command",
     "Connection",
     "ConnectionClosedError",
+    "Echo",
     "Event",
     "EventModel",
     "ForbiddenError",
+    "GameStatus",
+    "GetPlayerList",
+    "GetStatus",
     "HandlerFailedError",
     "HandlerTimeoutError",
+    "HttpAdapter",
     "InternalServerError",
+    "InvalidResultError",
+    "MockAdapter",
     "NotConnectedError",
     "Packet",
+    "PlayerJoined",
+    "PlayerUpdate",
+    "PlayerUpdatedNotification",
     "ProtocolClient",
     "ProtocolError",
     "ProtocolServer",

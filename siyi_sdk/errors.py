@@ -4,6 +4,7 @@ The tree::
 
     SiyiError
     ├── ProtocolError (also ValueError)        a frame that is not a valid packet
+    ├── InvalidResultError (also ValueError)   an ok answer whose data does not fit its type
     ├── TransportError (also ConnectionError)  the link could not carry the packet
     │   ├── NotConnectedError                  no live connection to send on
     │   ├── ConnectionClosedError              the connection dropped while a request waited
@@ -44,6 +45,7 @@ __all__ = [
     "HandlerFailedError",
     "HandlerTimeoutError",
     "InternalServerError",
+    "InvalidResultError",
     "NotConnectedError",
     "ProtocolError",
     "RequestTimeoutError",
@@ -73,6 +75,18 @@ class ProtocolError(SiyiError, ValueError):
         super().__init__(message)
         self.code = code
         self.packet_id = packet_id
+
+
+class InvalidResultError(SiyiError, ValueError):
+    """The peer answered ok, but its data does not fit the command's declared result type.
+
+    Attributes:
+        response: the Response received.
+    """
+
+    def __init__(self, message: str, *, response: Response) -> None:
+        super().__init__(message)
+        self.response = response
 
 
 class TransportError(SiyiError, ConnectionError):

@@ -1,0 +1,167 @@
+"""AdapterManager: chooses an adapter per packet by mode and priority, and fails over."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import aiohttp
+
+from ..errors import AllAdaptersFailedError, RequestTimeoutError, TransportError
+from ..packets import Event, RequestPacket, ResponsePacket
+from .base import Adapter, AdapterMode
+
+__all__ = ["AdapterManager"]
+
+logger = logging.getLogger(__name__)
+
+# What says "this route failed, the packet may not have arrived": try the next adapter.
+# TransportError is a ConnectionError, which is an OSError; aiohttp's own errors are not.
+_FAILOVER = (OSError, aiohttp.ClientError)
+
+T = TypeVar("T")
+
+
+class AdapterManager(Adapter):
+    """Several adapters behind one: itself an Adapter, so `Api` and tests take it as any other.
+
+    Sending: SEND adapters are tried by priority (higher first; ties in the order added),
+    skipping those that know they are down (`is_available` False). On a transport failure
+    (`TransportError`, `ConnectionError`, `OSError`, aiohttp's client errors) the same packet,
+    same id, goes to the next one: the server runs a request id at most once, so a retry is
+    safe. An error Response is an answer and is returned, never failed over; a
+    `RequestTimeoutError` is raised as is (the time budget is spent). When the preferred
+    adapter is back, traffic returns to it. When every adapter fails,
+    `AllAdaptersFailedError` names each one's failure.
+
+    Receiving: events and server requests that RECEIVE adapters get are handed to the
+    handlers registered on the adapter itself, else to the manager's. An event carried by two
+    adapters (same id) reaches the manager's handlers once.
+
+    Attributes:
+        last_adapter: the adapter that carried the last packet (for tests and metrics).
+    """
+
+    mode = AdapterMode.SEND | AdapterMode.RECEIVE
+
+    def __init__(self, adapters: Iterable[Adapter] = (), *, dedupe_window: int = 10_000) -> None:
+        self._adapters: list[Adapter] = []
+        self._senders: list[Adapter] = []
+        self._started = False
+        self._starting: set[asyncio.Task[None]] = set()
+        self._seen_events: OrderedDict[str, None] = OrderedDict()
+        self._dedupe_window = dedupe_window
+        self.last_adapter: Adapter | None = None
+        for adapter in adapters:
+            self.add(adapter)
+
+    @property
+    def adapters(self) -> tuple[Adapter, ...]:
+        """The adapters, in the order added."""
+        return tuple(self._adapters)
+
+    @property
+    def is_available(self) -> bool:
+        """True when at least one SEND adapter is available."""
+        return any(a.is_available for a in self._senders)
+
+    def add(self, adapter: Adapter) -> Adapter:
+        """Add an adapter (started at once if the manager already is). Returns it."""
+        self._adapters.append(adapter)
+        adapter.set_parent(self)
+        # sorted() is stable, so equal priorities keep the order they were added in.
+        self._senders = sorted(
+            (a for a in self._adapters if AdapterMode.SEND in a.mode), key=lambda a: -a.priority
+        )
+        if self._started:
+            task = asyncio.create_task(adapter.start())
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+        return adapter
+
+    async def start(self) -> None:
+        """Start every adapter (each makes its first connection attempt) concurrently."""
+        self._started = True
+        await asyncio.gather(*(a.start() for a in self._adapters))
+
+    async def close(self) -> None:
+        """Close every adapter."""
+        self._started = False
+        await asyncio.gather(*(a.close() for a in self._adapters), return_exceptions=True)
+
+    async def send_packet(
+        self, packet: RequestPacket, *, timeout: float | None = None
+    ) -> ResponsePacket:
+        """Send through the best available adapter, failing over on transport errors.
+
+        Args:
+            packet: the Request; the same id is reused on every adapter tried.
+            timeout: an overall limit in seconds across every adapter tried (None: each
+                adapter's own timeout applies).
+
+        Raises:
+            AllAdaptersFailedError: every SEND adapter failed or was down.
+            RequestTimeoutError: the answer did not come in time.
+        """
+        if timeout is None:
+            return await self._send(packet)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._send(packet)
+        except TimeoutError as exc:
+            if isinstance(exc, RequestTimeoutError):
+                raise
+            raise RequestTimeoutError(
+                f"no response to {packet.command!r} within {timeout:g} s"
+            ) from None
+
+    async def _send(self, packet: RequestPacket) -> ResponsePacket:
+        return await self._through_best(lambda adapter: adapter.send_packet(packet))
+
+    async def _through_best(self, action: Callable[[Adapter], Awaitable[T]]) -> T:
+        # The one failover loop, for requests and events alike.
+        errors: list[tuple[str, BaseException]] = []
+        for adapter in self._senders:
+            if not adapter.is_available:
+                errors.append((adapter.name, TransportError("known to be down")))
+                continue
+            try:
+                result = await action(adapter)
+            except RequestTimeoutError:
+                raise
+            except _FAILOVER as exc:
+                errors.append((adapter.name, exc))
+                logger.info(
+                    "%s failed (%s: %s); trying the next adapter",
+                    adapter.name,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            if self.last_adapter is not adapter:
+                logger.info("now sending through %s", adapter.name)
+                self.last_adapter = adapter
+            return result
+        raise AllAdaptersFailedError(errors)
+
+    async def send_event(self, event: Event) -> None:
+        """Send an event through the best available adapter, failing over like requests.
+
+        Raises:
+            AllAdaptersFailedError: every SEND adapter failed or was down.
+        """
+        await self._through_best(lambda adapter: adapter.send_event(event))
+
+    async def handle_event(self, event: Event) -> None:
+        """Deliver an event once to the manager's handlers, whichever adapter carried it."""
+        seen = self._seen_events
+        if event.id in seen:
+            logger.debug("dropping a duplicate of event %r", event.id)
+            return
+        seen[event.id] = None
+        if len(seen) > self._dedupe_window:
+            seen.popitem(last=False)
+        await super().handle_event(event)

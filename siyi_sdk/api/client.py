@@ -1,0 +1,169 @@
+"""Api: typed commands and events over any Adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
+
+from pydantic import ValidationError
+
+from ..adapters.base import Adapter
+from ..errors import InvalidResultError, RequestTimeoutError, error_for_response
+from ..packets import Event, Request, Response, format_validation_error
+from .command import Command, EventModel, ResultT
+from .commands import Echo, GameStatus, GetPlayerList, GetStatus
+
+__all__ = ["Api"]
+
+logger = logging.getLogger(__name__)
+
+EventT = TypeVar("EventT", bound=EventModel)
+TypedEventHandler: TypeAlias = Callable[[Any], Awaitable[None] | None]
+TypedHandler: TypeAlias = Callable[[EventT], Awaitable[None] | None]
+
+
+class Api:
+    """Typed calls over any Adapter.
+
+    The adapter may be a WebSocketAdapter, an HttpAdapter, a MockAdapter, an AdapterManager,
+    or your own.
+
+    ``await api.call(cmd)`` sends a `Command`, raises the typed `ApiError` for an error
+    Response, and returns the result validated into the command's result type. The demo
+    game's commands have methods of their own (`echo`, `get_status`, `get_player_list`); add
+    yours by declaring `Command` subclasses (and, if you like, methods on a subclass of Api).
+
+    Args:
+        sender: the adapter packets go through.
+        timeout: default seconds per call, across any failover (None: the adapter's own).
+    """
+
+    def __init__(self, sender: Adapter, *, timeout: float | None = None) -> None:
+        self.sender = sender
+        self.timeout = timeout
+        self._typed_handlers: dict[str, list[tuple[type[EventModel], TypedEventHandler]]] = {}
+
+    async def send_packet(self, packet: Request, *, timeout: float | None = None) -> Response:
+        """Send a raw Request through the adapter, within `timeout` (default `self.timeout`).
+
+        Raises:
+            TransportError: no adapter could carry it.
+            RequestTimeoutError: no answer in time.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        if timeout is None:
+            return await self.sender.send_packet(packet)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.sender.send_packet(packet)
+        except TimeoutError as exc:
+            if isinstance(exc, RequestTimeoutError):
+                raise
+            raise RequestTimeoutError(
+                f"no response to {packet.command!r} within {timeout:g} s"
+            ) from None
+
+    async def call(self, command: Command[ResultT], *, timeout: float | None = None) -> ResultT:
+        """Send a typed command and return its validated result.
+
+        Raises:
+            ApiError: (a subclass per code) the server answered with an error.
+            InvalidResultError: the answer's data does not fit the command's result type.
+            TransportError: no adapter could carry it.
+            RequestTimeoutError: no answer in time (an `asyncio.TimeoutError`).
+        """
+        response = await self.send_packet(command.to_request(), timeout=timeout)
+        if not response.ok:
+            raise error_for_response(response)
+        try:
+            result: ResultT = command.result_adapter().validate_python(response.data)
+        except ValidationError as exc:
+            raise InvalidResultError(
+                f"the result of {command.command_name()!r} does not fit its type: "
+                f"{format_validation_error(exc)}",
+                response=response,
+            ) from None
+        return result
+
+    async def request(
+        self, command: str, params: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """Send an untyped command and return its data.
+
+        Raises:
+            ApiError: the server answered with an error.
+            TransportError: no adapter could carry it.
+            RequestTimeoutError: no answer in time.
+        """
+        response = await self.send_packet(Request(command=command, params=params), timeout=timeout)
+        if not response.ok:
+            raise error_for_response(response)
+        return response.data
+
+    async def send_event(self, event: EventModel | str, data: Any = None) -> None:
+        """Send an event: a typed `EventModel`, or a name and its data.
+
+        Raises:
+            TransportError: no adapter could carry it.
+        """
+        if isinstance(event, EventModel):
+            packet = Event(name=event.event_name(), data=event.model_dump(mode="json"))
+        else:
+            packet = Event(name=event, data=data)
+        await self.sender.send_event(packet)
+
+    def on_event(
+        self, model: type[EventT]
+    ) -> Callable[[TypedHandler[EventT]], TypedHandler[EventT]]:
+        """Register a handler for one typed event; a decorator.
+
+        The handler receives the event's data validated into `model`; data that does not fit
+        is logged and skipped.
+
+        Example::
+
+            @api.on_event(PlayerJoined)
+            async def joined(event: PlayerJoined) -> None:
+                print(event.player_name)
+        """
+
+        def register(handler: TypedHandler[EventT]) -> TypedHandler[EventT]:
+            if not self._typed_handlers:
+                self.sender.on_event(self._dispatch_typed)
+            self._typed_handlers.setdefault(model.event_name(), []).append((model, handler))
+            return handler
+
+        return register
+
+    async def _dispatch_typed(self, event: Event) -> None:
+        for model, handler in self._typed_handlers.get(event.name, ()):
+            try:
+                payload = model.model_validate(event.data if event.data is not None else {})
+            except ValidationError as exc:
+                logger.warning(
+                    "event %r does not fit %s: %s",
+                    event.name,
+                    model.__name__,
+                    format_validation_error(exc),
+                )
+                continue
+            result = handler(payload)
+            if inspect.isawaitable(result):
+                await result
+
+    # The demo game's commands -----------------------------------------------------------------
+
+    async def echo(self, data: dict[str, Any]) -> Any:
+        """``echo``: the server answers with `data`."""
+        return await self.call(Echo.model_validate(data))
+
+    async def get_status(self) -> GameStatus:
+        """``get_status``: the game's status."""
+        return await self.call(GetStatus())
+
+    async def get_player_list(self, world: str = "overworld") -> list[str]:
+        """``get_player_list``: the players in `world`."""
+        return await self.call(GetPlayerList(world=world))
