@@ -117,15 +117,22 @@ class Response(BaseModel):
     id: PacketId | None
     type: Literal["response"] = "response"
     status: Literal["ok", "error"]
-    code: int = -1
+    code: int = -1  # never kept: `_default_code` fills in a missing code from `status`
     data: Any = None
     error: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_code(cls, data: Any) -> Any:
+        # Done before validation, on the input, so that an explicit code (even -1) is checked
+        # against the status like any other.
+        if isinstance(data, dict) and data.get("code") is None:
+            data = {**data, "code": 0 if data.get("status") == "ok" else int(StatusCode.FAILED)}
+        return data
+
     @model_validator(mode="after")
     def _check_code(self) -> Response:
-        if self.code == -1:
-            self.code = 0 if self.status == "ok" else StatusCode.FAILED
-        elif (self.code == 0) != (self.status == "ok"):
+        if (self.code == 0) != (self.status == "ok"):
             raise ValueError(f"code {self.code} does not agree with status {self.status!r}")
         if self.status == "error" and self.error is None:
             self.error = f"error {self.code}"

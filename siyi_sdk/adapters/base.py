@@ -76,6 +76,11 @@ class Adapter(ABC):
         """False while the adapter knows it cannot send (e.g. its socket is down)."""
         return True
 
+    @property
+    def last_error(self) -> BaseException | None:
+        """Why the adapter is down, when it knows (reported by an AdapterManager)."""
+        return None
+
     async def send_event(self, event: Event) -> None:
         """Send one Event to the server.
 

@@ -32,9 +32,9 @@ class AdapterManager(Adapter):
     skipping those that know they are down (`is_available` False). On a transport failure
     (`TransportError`, `ConnectionError`, `OSError`, aiohttp's client errors) the same packet,
     same id, goes to the next one: the server runs a request id at most once, so a retry is
-    safe. An error Response is an answer and is returned, never failed over; a
-    `RequestTimeoutError` is raised as is (the time budget is spent). When the preferred
-    adapter is back, traffic returns to it. When every adapter fails,
+    safe. An error Response is an answer and is returned, never failed over; a timeout
+    (`RequestTimeoutError`, any `TimeoutError`) is raised as is: the time budget is spent.
+    When the preferred adapter is back, traffic returns to it. When every adapter fails,
     `AllAdaptersFailedError` names each one's failure.
 
     Receiving: events and server requests that RECEIVE adapters get are handed to the
@@ -126,12 +126,12 @@ class AdapterManager(Adapter):
         errors: list[tuple[str, BaseException]] = []
         for adapter in self._senders:
             if not adapter.is_available:
-                errors.append((adapter.name, TransportError("known to be down")))
+                errors.append((adapter.name, adapter.last_error or TransportError("down")))
                 continue
             try:
                 result = await action(adapter)
-            except RequestTimeoutError:
-                raise
+            except TimeoutError:
+                raise  # the time budget is spent: another adapter would only exceed it
             except _FAILOVER as exc:
                 errors.append((adapter.name, exc))
                 logger.info(

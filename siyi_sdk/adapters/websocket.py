@@ -12,10 +12,11 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
-from ..errors import NotConnectedError, TransportError
+from ..errors import ConnectionClosedError, NotConnectedError, TransportError
 from ..packets import Event, RequestPacket, ResponsePacket
 from ..peer import Peer
 from .base import Adapter, AdapterMode
@@ -93,6 +94,7 @@ class WebSocketAdapter(Adapter):
         self._connected = asyncio.Event()
         self._attempted = asyncio.Event()
         self._closing = False
+        self._last_error: BaseException | None = None
 
     @property
     def name(self) -> str:
@@ -109,6 +111,13 @@ class WebSocketAdapter(Adapter):
     def is_available(self) -> bool:
         """Same as `is_connected`: a manager skips this adapter while it is down."""
         return self.is_connected
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """Why the last connection attempt failed or the connection dropped (None if up)."""
+        if self.is_connected:
+            return None
+        return self._last_error or NotConnectedError(f"not connected to {self.url}")
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the WebSocket is open.
@@ -207,6 +216,7 @@ class WebSocketAdapter(Adapter):
     def _log_retry(self, state: RetryCallState) -> None:
         self._attempted.set()
         exc = state.outcome.exception() if state.outcome else None
+        self._last_error = exc
         delay = state.next_action.sleep if state.next_action else 0.0
         logger.info(
             "connecting to %s failed (%s: %s); attempt %d, retrying in %.2f s",
@@ -219,11 +229,12 @@ class WebSocketAdapter(Adapter):
 
     async def _connect_retrying(self) -> Peer:
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(
-                initial=self.reconnect_interval,
-                max=self.max_reconnect_interval,
-                jitter=self.reconnect_interval / 2,
-            ),
+            # Not wait_exponential_jitter: its `initial` is deprecated in tenacity 9 and its
+            # replacement `multiplier` does not exist in the tenacity 8 we still support.
+            wait=wait_exponential(
+                multiplier=self.reconnect_interval, max=self.max_reconnect_interval
+            )
+            + wait_random(0, self.reconnect_interval / 2),
             retry=retry_if_exception_type(_RETRYABLE),
             sleep=self._sleep,
             before_sleep=self._log_retry,
@@ -236,6 +247,7 @@ class WebSocketAdapter(Adapter):
 
     async def _serve(self, *, auto_reconnect: bool) -> None:
         """Connect; read until the connection drops; repeat while `auto_reconnect`."""
+        peer: Peer | None = None
         try:
             while not self._closing:
                 try:
@@ -243,9 +255,9 @@ class WebSocketAdapter(Adapter):
                 finally:
                     self._attempted.set()
                 if self._closing:
-                    await peer.close(1000)
                     return
                 self._peer = peer
+                self._last_error = None
                 self._connected.set()
                 logger.info("connected to %s", self.url)
                 opened = time.monotonic()
@@ -257,10 +269,17 @@ class WebSocketAdapter(Adapter):
                 if self._closing or not auto_reconnect:
                     return
                 logger.warning("connection to %s lost (code %s)", self.url, peer.close_code)
+                self._last_error = ConnectionClosedError(
+                    f"the connection to {self.url} dropped (code {peer.close_code})"
+                )
                 if time.monotonic() - opened < self.reconnect_interval:
                     # A server that accepts then drops at once must not make us spin.
                     await self._sleep(self.reconnect_interval)
         finally:
-            if self._closing and self._http is not None:
-                await self._http.close()
-                self._http = None
+            # However this ends (closed, connection over, cancelled from outside), leave no
+            # socket or session open behind it.
+            if peer is not None and not peer.closed:
+                await asyncio.shield(peer.close(1000))
+            if self._http is not None:
+                http, self._http = self._http, None
+                await asyncio.shield(http.close())

@@ -102,7 +102,12 @@ class ProtocolServer:
         self.path = path
         self.general_path = general_path
         self.about_path = about_path
-        self.response_cache = response_cache or MemoryResponseCache(ttl=response_cache_ttl)
+        # `is None`, not `or`: a cache defines __len__, so an empty one is falsy.
+        self.response_cache = (
+            response_cache
+            if response_cache is not None
+            else MemoryResponseCache(ttl=response_cache_ttl)
+        )
         self._request_handler: ServerRequestHandler | None = None
         self._event_handlers: list[ServerEventHandler] = []
         self._connect_handlers: list[ConnectionHandler] = []
@@ -257,6 +262,11 @@ class ProtocolServer:
         running |= self._http_calls
         if running:
             await asyncio.wait(running, timeout=self.shutdown_timeout)
+        # Stop listening before telling clients to go away: a client reconnects as soon as it
+        # sees 1001, and a connection accepted while the runner cleans up is never served nor
+        # closed (the client hangs until its connect timeout). Refused is the right answer.
+        for site in list(runner.sites):
+            await site.stop()
         await asyncio.gather(
             *(c.close(1001, "server shutting down") for c in list(self._connections)),
             return_exceptions=True,

@@ -95,5 +95,7 @@ class MemoryResponseCache(ResponseCache):
         finally:
             del self._running[key]
         future.set_result(response)
-        self._done[key] = (self._clock() + self.ttl, response)
+        now = self._clock()
+        self._done[key] = (now + self.ttl, response)
+        self._purge(now)  # keep the bound after adding, not only before the next call
         return response

@@ -1,0 +1,148 @@
+"""Shared fixtures: real servers on port 0, real clients, and helpers for raw WebSocket peers.
+
+Nothing here mocks the code under test: every server is aiohttp's real server on a loopback
+port and every client speaks to it over a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import pytest
+from aiohttp import web
+
+from siyi_sdk import ProtocolClient, ProtocolServer
+
+WAIT = 5.0
+"""The bound on every wait for something that must happen: it only matters when a test fails."""
+
+
+def ws_url(server: ProtocolServer) -> str:
+    """The server's WebSocket URL, with no path (as in the seed's client)."""
+    return f"ws://127.0.0.1:{server.port}"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerFactory(Protocol):
+    def __call__(self, **kwargs: Any) -> Awaitable[ProtocolServer]: ...
+
+
+class ClientFactory(Protocol):
+    def __call__(self, url: str, **kwargs: Any) -> Awaitable[ProtocolClient]: ...
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    """Start servers (``port=0`` unless given); each is stopped at the end of the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def factory(**kwargs: Any) -> ProtocolServer:
+            kwargs.setdefault("port", 0)
+            kwargs.setdefault("shutdown_timeout", 1.0)
+            return await stack.enter_async_context(ProtocolServer(**kwargs))
+
+        yield factory
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> ProtocolServer:
+    """A started server with default settings on a free port."""
+    return await make_server()
+
+
+@pytest.fixture
+async def make_client(make_server: ServerFactory) -> AsyncIterator[ClientFactory]:
+    """Open clients (``async with``); each is closed at the end of the test, before the servers.
+
+    Depends on `make_server` only so that clients are torn down first.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def factory(url: str, **kwargs: Any) -> ProtocolClient:
+            kwargs.setdefault("request_timeout", WAIT)
+            return await stack.enter_async_context(ProtocolClient(url, **kwargs))
+
+        yield factory
+
+
+RawHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RawServerFactory(Protocol):
+    def __call__(self, handler: RawHandler) -> Awaitable[str]: ...
+
+
+@pytest.fixture
+async def make_raw_server() -> AsyncIterator[RawServerFactory]:
+    """Serve a hand-written aiohttp WebSocket handler at "/" on a free port; returns its URL.
+
+    For what ProtocolServer would never do: a server that sends garbage or never answers pings.
+    """
+    runners: list[web.AppRunner] = []
+
+    async def factory(handler: RawHandler) -> str:
+        app = web.Application()
+        app.router.add_get("/", handler)
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return f"ws://127.0.0.1:{runner.addresses[0][1]}"
+
+    try:
+        yield factory
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def wait_for(awaitable: Awaitable[Any], timeout: float = WAIT) -> Any:
+    """Await something that must happen, failing the test instead of hanging."""
+    async with asyncio.timeout(timeout):
+        return await awaitable
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Yield to the loop until `predicate()` holds, for state the library exposes no event for.
+
+    It never sleeps for a time: `sleep(0)` only lets the tasks that make `predicate` true run.
+    """
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - no event to wait on; yields, never sleeps
+            await asyncio.sleep(0)
+
+
+class RawSocket(Protocol):
+    """What the tests use of a `websockets` client connection."""
+
+    async def send(self, message: str | bytes) -> None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+
+async def recv_json(ws: RawSocket, timeout: float = WAIT) -> dict[str, Any]:
+    """Receive one text frame from a raw `websockets` peer and decode it as a JSON object.
+
+    A ``session`` event (PROTOCOL.md §7), which a server may send first, is skipped like a
+    peer that does not care about it would.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            raw = await ws.recv()
+            assert isinstance(raw, str), "packets travel in text frames"
+            obj = json.loads(raw)
+            assert isinstance(obj, dict)
+            if obj.get("type") == "event" and obj.get("name") == "session":
+                continue
+            return obj
