@@ -21,6 +21,7 @@ from typing import Any, Final, TypeAlias
 
 from pydantic import ValidationError
 
+from .adapters import AdapterManager, HttpAdapter, WebSocketAdapter
 from .api import (
     Api,
     Echo,
@@ -30,11 +31,13 @@ from .api import (
     PlayerJoined,
     PlayerUpdate,
     PlayerUpdatedNotification,
+    SaveWorld,
 )
 from .client import ProtocolClient
 from .errors import ApiError, SiyiError, TransportError, error_for_response
 from .packets import Event, Request, Response, StatusCode, encode
 from .server import Connection, ProtocolServer
+from .testing import TcpProxy
 
 __all__ = [
     "CLIENT_NAME_HEADER",
@@ -87,6 +90,9 @@ class GameState:
         worlds: the players in each world.
         names: the name of each connected WebSocket client.
         client_status: what each connected client answered to `get_status`, by name.
+        saves: how many times each world was saved.
+        saving: how many `save_world` runs are under way.
+        save_seconds: how long one `save_world` takes.
     """
 
     def __init__(self, worlds: Mapping[str, Iterable[str]] | None = None) -> None:
@@ -94,6 +100,9 @@ class GameState:
         self.worlds: dict[str, list[str]] = {name: list(ps) for name, ps in source.items()}
         self.names: dict[Connection, str] = {}
         self.client_status: dict[str, Any] = {}
+        self.saves: dict[str, int] = {}
+        self.saving = 0
+        self.save_seconds = 0.5
         self._changed = asyncio.Condition()
 
     @property
@@ -170,6 +179,20 @@ def create_game_server(
                 f"unknown world: {params.world!r} (known worlds: {known})", code=UNKNOWN_WORLD
             )
         return list(players)
+
+    @server.command(SaveWorld)
+    async def save_world(connection: Connection, params: SaveWorld) -> int:
+        if params.world not in game.worlds:
+            raise ApiError(f"unknown world: {params.world!r}", code=UNKNOWN_WORLD)
+        game.saving += 1
+        await game.notify()
+        try:
+            await asyncio.sleep(game.save_seconds)  # the slow part: writing to disk
+        finally:
+            game.saving -= 1
+        game.saves[params.world] = game.saves.get(params.world, 0) + 1
+        await game.notify()
+        return game.saves[params.world]
 
     @server.on_event
     async def on_event(connection: Connection, event: Event) -> None:
@@ -447,6 +470,56 @@ async def broadcast_request(ctx: DemoContext) -> None:
     _expect(len(answers) == 2, f"expected 2 answers, got {len(answers)}")
 
 
+async def failover(ctx: DemoContext) -> None:
+    """Failover: WebSocket first, HTTP second, and back."""
+    narrate = ctx.narrate
+    proxy = await ctx.stack.enter_async_context(TcpProxy(ctx.server.port))
+    websocket = WebSocketAdapter(
+        proxy.url, priority=10, reconnect_interval=0.05, max_reconnect_interval=0.2
+    )
+    http = HttpAdapter(ctx.http_url)
+    manager = await ctx.stack.enter_async_context(AdapterManager([websocket, http]))
+    api = Api(manager, timeout=ctx.request_timeout)
+    narrate(
+        "carol uses an AdapterManager: a WebSocket (priority 10, through a loopback proxy we can "
+        "cut) and HTTP POST /general (priority 0), behind one typed Api."
+    )
+    await websocket.wait_connected()
+    players = await api.get_player_list()
+    narrate(f"carol: get_player_list() -> {players}, carried by {_carrier(manager)}.")
+
+    narrate(f"carol asks save_world, which takes {ctx.state.save_seconds:g} s on the server...")
+    save = asyncio.create_task(api.call(SaveWorld(world="overworld")))
+    await ctx.state.wait_until(lambda: ctx.state.saving > 0)
+    await proxy.cut()
+    narrate("...and while it runs, the WebSocket path is cut (the proxy resets the connection).")
+    saves = await save
+    narrate(
+        f"carol still gets her answer ({saves} save so far), carried by {_carrier(manager)}: the "
+        "manager retried the same request id over HTTP, and the server, which runs an id at "
+        "most once, waited for the first run instead of saving twice."
+    )
+    _expect(ctx.state.saves.get("overworld") == 1, f"saved {ctx.state.saves}, expected once")
+    _expect(manager.last_adapter is http, "expected the answer to come over HTTP")
+    players = await api.get_player_list(world="nether")
+    narrate(
+        f"With the WebSocket down, the next call goes straight to {_carrier(manager)}: "
+        f"get_player_list('nether') -> {players}."
+    )
+    await proxy.resume()
+    await websocket.wait_connected()
+    narrate("The path comes back; the WebSocket reconnects by itself.")
+    await api.get_status()
+    _expect(manager.last_adapter is websocket, "expected traffic back on the WebSocket")
+    narrate(f"The next call, get_status(), is carried by {_carrier(manager)} again.")
+    await manager.close()
+
+
+def _carrier(manager: AdapterManager) -> str:
+    adapter = manager.last_adapter
+    return "nothing" if adapter is None else type(adapter).__name__
+
+
 async def shutdown(ctx: DemoContext) -> None:
     """Clean shutdown."""
     for demo in ctx.clients.values():
@@ -465,6 +538,7 @@ DEMO_STEPS: Final[tuple[DemoStep, ...]] = (
     player_update,
     unknown_command,
     broadcast_request,
+    failover,
     shutdown,
 )
 """The tour, in order. `shutdown` should stay last."""

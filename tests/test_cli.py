@@ -187,6 +187,11 @@ async def test_demo_narrates_every_step_and_exits_0() -> None:
         "bob, who sent the update, is left out of the broadcast: he received nothing",
         "error 404: unknown command: 'teleport'",
         "The server broadcasts 'get_status' and collects 2 answers",
+        # Failover, live: the slow request survives the cut, then traffic comes back.
+        "carol: get_player_list() -> ['Steve', 'Alex', 'Herobrine'], carried by WebSocketAdapter",
+        "carol still gets her answer (1 save so far), carried by HttpAdapter",
+        "the next call goes straight to HttpAdapter",
+        "The next call, get_status(), is carried by WebSocketAdapter again.",
         "The server has no connection left and stops",
         "The demo is over.",
     ):

@@ -10,6 +10,7 @@ from .commands import (
     PlayerJoined,
     PlayerUpdate,
     PlayerUpdatedNotification,
+    SaveWorld,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "PlayerJoined",
     "PlayerUpdate",
     "PlayerUpdatedNotification",
+    "SaveWorld",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "PlayerJoined",
     "PlayerUpdate",
     "PlayerUpdatedNotification",
+    "SaveWorld",
 ]
 
 
@@ -44,6 +45,12 @@ class GetStatus(Command[GameStatus]):
 
 class GetPlayerList(Command[list[str]]):
     """``get_player_list``: the names of the players in a world."""
+
+    world: str = "overworld"
+
+
+class SaveWorld(Command[int]):
+    """``save_world``: write a world to disk (slow); the result counts the saves done so far."""
 
     world: str = "overworld"
 
