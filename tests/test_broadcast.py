@@ -74,7 +74,7 @@ async def test_broadcast_request_collects_every_answer_even_a_silent_one(
     assert (failed.status, failed.code, failed.error) == ("error", 1001, "not telling")
     assert isinstance(answers[silent_conn], RequestTimeoutError)
     # Everyone was asked at once: the silent client cost one timeout, not one per client.
-    assert 0.3 <= elapsed < 0.3 + 0.7
+    assert 0.29 <= elapsed < 0.3 + 0.7  # 0.29: the loop may fire a timer a hair early
 
 
 async def test_broadcast_request_with_exclude_and_no_clients(
@@ -272,7 +272,7 @@ async def test_stop_does_not_wait_past_the_grace_period_for_a_stuck_handler() ->
             await wait_for(entered.wait())
             started = time.monotonic()
             await wait_for(server.stop())
-            assert 0.2 <= time.monotonic() - started < 0.2 + 1.0
+            assert 0.19 <= time.monotonic() - started < 0.2 + 1.0
             with pytest.raises(ConnectionClosed) as closed:
                 await recv_json(ws)
             assert closed.value.rcvd is not None

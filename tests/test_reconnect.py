@@ -168,14 +168,26 @@ async def test_disconnect_stops_a_connect_task_that_is_retrying() -> None:
     assert not task.cancelled()
 
 
-async def test_cancelling_the_connect_task_still_cancels_it(server: ProtocolServer) -> None:
-    """disconnect() ends connect() quietly, but a real cancellation is not swallowed."""
+async def test_cancelling_the_connect_task_still_cancels_it_and_closes_cleanly(
+    server: ProtocolServer,
+) -> None:
+    """disconnect() ends connect() quietly, but a real cancellation is not swallowed.
+
+    Cancelled, it still closes its WebSocket properly (the server sees a close frame, not a
+    dropped socket) and leaves nothing open, without a disconnect() call.
+    """
+    closed_with: asyncio.Queue[int | None] = asyncio.Queue()
+    server.on_disconnect(
+        lambda conn: closed_with.put_nowait(conn.peer.close_code if conn.peer else None)
+    )
     client = ProtocolClient(ws_url(server))
     task = asyncio.create_task(client.connect())
     await client.wait_connected(timeout=5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert await wait_for(closed_with.get()) == 1000
+    assert not client.is_connected
     await client.disconnect()
 
 

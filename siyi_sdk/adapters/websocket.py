@@ -278,7 +278,9 @@ class WebSocketAdapter(Adapter):
         finally:
             # However this ends (closed, connection over, cancelled from outside), leave no
             # socket or session open behind it.
-            if peer is not None and not peer.closed:
+            # Not `peer.closed`: that is already true once run() has returned, cancelled or
+            # not, while the socket may still be open. Closing a closed socket is a no-op.
+            if peer is not None:
                 await asyncio.shield(peer.close(1000))
             if self._http is not None:
                 http, self._http = self._http, None
