@@ -69,12 +69,21 @@ class ProtocolError(SiyiError, ValueError):
     Attributes:
         code: the status code the peer should be answered with (400 or 413).
         packet_id: the frame's id when it had a usable one, else None.
+        packet_type: the frame's ``type`` when it named one, else None.
     """
 
-    def __init__(self, message: str, *, code: int = 400, packet_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int = 400,
+        packet_id: str | None = None,
+        packet_type: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.packet_id = packet_id
+        self.packet_type = packet_type
 
 
 class InvalidResultError(SiyiError, ValueError):

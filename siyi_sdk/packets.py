@@ -229,7 +229,7 @@ def parse_object(obj: Any) -> Packet:
         return model.model_validate(obj)
     except ValidationError as exc:
         raise ProtocolError(
-            f"invalid {kind}: {format_validation_error(exc)}", packet_id=pid
+            f"invalid {kind}: {format_validation_error(exc)}", packet_id=pid, packet_type=kind
         ) from None
 
 

@@ -266,6 +266,11 @@ class Peer:
             packet = parse_message(raw)
         except ProtocolError as exc:
             logger.debug("%s: bad frame: %s", self.label, exc)
+            if exc.packet_type == "response" and exc.packet_id is not None:
+                # A malformed answer to a request we sent: fail it now, not at its timeout.
+                waiting = self._pending.get(exc.packet_id)
+                if waiting is not None and not waiting.done():
+                    waiting.set_exception(exc)
             await self._send_quietly(encode(Response.fail(exc.packet_id, str(exc), exc.code)))
             return
         if type(packet) is Response:

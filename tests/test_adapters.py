@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -39,11 +39,7 @@ from siyi_sdk import (
     UnknownCommandError,
     WebSocketAdapter,
 )
-
-if TYPE_CHECKING:
-    from tests.proxy import WAIT, Gate, running_server, wait_for
-else:
-    from proxy import WAIT, Gate, running_server, wait_for
+from tests.proxy import WAIT, Gate, running_server, wait_for
 
 WORLDS = {"overworld": ["Player1", "Steve", "Alex"], "nether": ["Herobrine"]}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel
@@ -47,11 +47,7 @@ from siyi_sdk import (
     WebSocketAdapter,
 )
 from siyi_sdk.adapters import Adapter
-
-if TYPE_CHECKING:
-    from tests.proxy import WAIT, running_server, wait_for
-else:
-    from proxy import WAIT, running_server, wait_for
+from tests.proxy import WAIT, running_server, wait_for
 
 
 def answering(data: Any) -> MockAdapter:

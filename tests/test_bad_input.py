@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -19,29 +19,19 @@ from siyi_sdk import (
     Connection,
     ForbiddenError,
     ProtocolClient,
+    ProtocolError,
     ProtocolServer,
     Request,
     Response,
 )
-
-if TYPE_CHECKING:
-    from tests.conftest import (
-        RawServerFactory,
-        RawSocket,
-        ServerFactory,
-        recv_json,
-        wait_for,
-        ws_url,
-    )
-else:
-    from conftest import (
-        RawServerFactory,
-        RawSocket,
-        ServerFactory,
-        recv_json,
-        wait_for,
-        ws_url,
-    )
+from tests.conftest import (
+    RawServerFactory,
+    RawSocket,
+    ServerFactory,
+    recv_json,
+    wait_for,
+    ws_url,
+)
 
 
 def echo(connection: Connection, request: Request) -> Response:
@@ -381,3 +371,29 @@ async def test_client_answers_bad_frames_from_the_server_and_stays_connected(
         ("good", 0),
     ]
     assert got[-1]["data"] == "pong"
+
+
+async def test_a_malformed_answer_fails_its_request_at_once(
+    make_raw_server: RawServerFactory,
+) -> None:
+    """A Response that names our request but is invalid fails it now, not at its timeout."""
+
+    async def bad_answers(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            asked = json.loads(msg.data)
+            if asked.get("type") == "request":
+                # status "ok" with an error code: not a valid Response.
+                await ws.send_str(
+                    json.dumps({"id": asked["id"], "type": "response", "status": "ok", "code": 7})
+                )
+        return ws
+
+    client = ProtocolClient(await make_raw_server(bad_answers), request_timeout=30)
+    async with client:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ProtocolError, match="does not agree with status"):
+            await client.send_request("echo")
+        assert asyncio.get_running_loop().time() - started < 5
+        assert client.is_connected

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING
 
 import pytest
 from websockets.asyncio.client import connect
@@ -20,11 +19,7 @@ from siyi_sdk import (
     RequestTimeoutError,
     Response,
 )
-
-if TYPE_CHECKING:
-    from tests.conftest import ClientFactory, recv_json, wait_for, wait_until, ws_url
-else:
-    from conftest import ClientFactory, recv_json, wait_for, wait_until, ws_url
+from tests.conftest import ClientFactory, recv_json, wait_for, wait_until, ws_url
 
 
 async def connect_named(

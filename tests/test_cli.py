@@ -15,17 +15,13 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import pytest
 
 from siyi_sdk import Connection, ProtocolClient, ProtocolServer
 from siyi_sdk.cli import main
-
-if TYPE_CHECKING:
-    from tests.conftest import ServerFactory, free_port, wait_for
-else:
-    from conftest import ServerFactory, free_port, wait_for
+from tests.conftest import ServerFactory, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP = 20.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,11 +19,7 @@ from siyi_sdk import (
     Response,
     TransportError,
 )
-
-if TYPE_CHECKING:
-    from tests.conftest import ClientFactory, free_port, wait_for, ws_url
-else:
-    from conftest import ClientFactory, free_port, wait_for, ws_url
+from tests.conftest import ClientFactory, free_port, wait_for, ws_url
 
 
 def echo(connection: Connection, request: Request) -> Response:

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from siyi_sdk import Connection, ProtocolServer, Request, Response
-
-if TYPE_CHECKING:
-    from tests.conftest import ClientFactory, wait_for, ws_url
-else:
-    from conftest import ClientFactory, wait_for, ws_url
+from tests.conftest import ClientFactory, wait_for, ws_url
 
 
 async def slow_echo(connection: Connection, request: Request) -> Response:

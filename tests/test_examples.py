@@ -10,14 +10,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from typing import TYPE_CHECKING
 
 import pytest
 
-if TYPE_CHECKING:
-    from tests.test_cli import ROOT, running
-else:
-    from test_cli import ROOT, running
+from tests.test_cli import ROOT, running
 
 EXAMPLES = ROOT / "examples"
 SEED_PORT = 8765
@@ -27,6 +23,8 @@ EXCHANGE = 30.0
 
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As asyncio's server does: a TIME_WAIT left by an earlier run does not block a bind.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

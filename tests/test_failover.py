@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -26,27 +26,15 @@ from siyi_sdk import (
     Request,
     WebSocketAdapter,
 )
-
-if TYPE_CHECKING:
-    from tests.proxy import (
-        WAIT,
-        Gate,
-        TcpProxy,
-        WatchedCache,
-        running_server,
-        sleep_until_accepting,
-        wait_for,
-    )
-else:
-    from proxy import (
-        WAIT,
-        Gate,
-        TcpProxy,
-        WatchedCache,
-        running_server,
-        sleep_until_accepting,
-        wait_for,
-    )
+from tests.proxy import (
+    WAIT,
+    Gate,
+    TcpProxy,
+    WatchedCache,
+    running_server,
+    sleep_until_accepting,
+    wait_for,
+)
 
 
 @dataclass

@@ -10,17 +10,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 from siyi_sdk import Connection, Request, Response
-
-if TYPE_CHECKING:
-    from tests.conftest import ClientFactory, RawServerFactory, ServerFactory, wait_for, ws_url
-else:
-    from conftest import ClientFactory, RawServerFactory, ServerFactory, wait_for, ws_url
+from tests.conftest import ClientFactory, RawServerFactory, ServerFactory, wait_for, ws_url
 
 INTERVAL = 0.2
 # 1.5 intervals is the contract; the slack only absorbs scheduling noise on a busy machine.

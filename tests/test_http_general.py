@@ -11,7 +11,7 @@ import json
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import pytest
@@ -27,11 +27,7 @@ from siyi_sdk import (
     Response,
     __version__,
 )
-
-if TYPE_CHECKING:
-    from tests.proxy import running_server, wait_for
-else:
-    from proxy import running_server, wait_for
+from tests.proxy import running_server, wait_for
 
 SEED_ID = "f47ac10b-58cc-4372-a567-0e02b2c3d479"
 SEED_REQUEST = (

@@ -10,7 +10,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import pytest
@@ -38,11 +38,7 @@ from siyi_sdk import (
     encode,
     parse_message,
 )
-
-if TYPE_CHECKING:
-    from tests.proxy import WAIT, Gate, running_server, wait_for
-else:
-    from proxy import WAIT, Gate, running_server, wait_for
+from tests.proxy import WAIT, Gate, running_server, wait_for
 
 
 # A user's own adapter, whole: nothing but send_packet, no constructor of its own.

@@ -7,17 +7,12 @@ waiting for real delays.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 
 from siyi_sdk import Connection, ProtocolClient, ProtocolServer, Request, Response
-
-if TYPE_CHECKING:
-    from tests.conftest import wait_for, ws_url
-else:
-    from conftest import wait_for, ws_url
+from tests.conftest import wait_for, ws_url
 
 
 def echo(connection: Connection, request: Request) -> Response:

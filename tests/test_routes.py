@@ -10,7 +10,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import pytest
@@ -34,11 +34,7 @@ from siyi_sdk import (
 )
 from siyi_sdk.packets import new_id
 from siyi_sdk.server import MemoryResponseCache
-
-if TYPE_CHECKING:
-    from tests.proxy import WAIT, Gate, WatchedCache, running_server, wait_for
-else:
-    from proxy import WAIT, Gate, WatchedCache, running_server, wait_for
+from tests.proxy import WAIT, Gate, WatchedCache, running_server, wait_for
 
 
 class Refused(ApiError):

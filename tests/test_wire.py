@@ -8,16 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.asyncio.client import connect
 
 from siyi_sdk import Connection, Event, ProtocolServer, Request, Response
-
-if TYPE_CHECKING:
-    from tests.conftest import ClientFactory, recv_json, wait_for, ws_url
-else:
-    from conftest import ClientFactory, recv_json, wait_for, ws_url
+from tests.conftest import ClientFactory, recv_json, wait_for, ws_url
 
 SEED_REQUEST = (
     '{"id": "f47ac10b-58cc-4372-a567-0e02b2c3d479", "type": "request", '

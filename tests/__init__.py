@@ -1,0 +1,1 @@
+"""The siyi-sdk test suite: real loopback sockets, aiohttp server and clients."""
