@@ -5,6 +5,7 @@ The tree::
     SiyiError
     ├── ProtocolError (also ValueError)        a frame that is not a valid packet
     ├── InvalidResultError (also ValueError)   an ok answer whose data does not fit its type
+    ├── ProtocolVersionError                   the server speaks another protocol version
     ├── TransportError (also ConnectionError)  the link could not carry the packet
     │   ├── NotConnectedError                  no live connection to send on
     │   ├── ConnectionClosedError              the connection dropped while a request waited
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidResultError",
     "NotConnectedError",
     "ProtocolError",
+    "ProtocolVersionError",
     "RequestTimeoutError",
     "SiyiError",
     "TooLargeError",
@@ -96,6 +98,22 @@ class InvalidResultError(SiyiError, ValueError):
     def __init__(self, message: str, *, response: Response) -> None:
         super().__init__(message)
         self.response = response
+
+
+class ProtocolVersionError(SiyiError):
+    """The server speaks a protocol version this client does not; the client will not talk.
+
+    Attributes:
+        server: the server's protocol version.
+        client: this client's.
+    """
+
+    def __init__(self, server: object, client: int) -> None:
+        super().__init__(
+            f"the server speaks protocol {server}, this client speaks protocol {client}"
+        )
+        self.server = server
+        self.client = client
 
 
 class TransportError(SiyiError, ConnectionError):

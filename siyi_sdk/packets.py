@@ -17,6 +17,10 @@ from .errors import ProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "SESSION_EVENT",
+    "SESSION_HEADER",
+    "SUBPROTOCOL",
+    "TAKEN_OVER",
     "Event",
     "Packet",
     "Request",
@@ -35,6 +39,15 @@ PROTOCOL_VERSION: Final = 1
 """The integer protocol version this package speaks (served by `/about`)."""
 
 MAX_ID_LENGTH: Final = 128
+
+SESSION_HEADER: Final = "X-Siyi-Session"
+"""The HTTP header that carries the session key, both ways (§7)."""
+SESSION_EVENT: Final = "session"
+"""The event a server sends first on every packet WebSocket (§7)."""
+SUBPROTOCOL: Final = "siyi.v1"
+"""The WebSocket subprotocol a browser offers (with ``bearer.<key>``) and the server selects."""
+TAKEN_OVER: Final = 4001
+"""The close code of a WebSocket whose session a newer connection took over (§7)."""
 
 
 class StatusCode(IntEnum):

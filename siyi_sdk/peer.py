@@ -143,8 +143,10 @@ class Peer:
         on_event: Callable[[Event], Awaitable[None]],
         max_in_flight: int = 1000,
         label: str = "peer",
+        on_response: Callable[[Response], bool] | None = None,
     ) -> None:
         self._ws = ws
+        self._on_response = on_response
         self._on_request = on_request
         self._on_event = on_event
         self._max_in_flight = max_in_flight
@@ -155,6 +157,8 @@ class Peer:
         self._events: deque[Event] = deque()
         self._event_worker: asyncio.Task[None] | None = None
         self._closed = False
+        self.remote_close_code: int | None = None
+        """The close code the other side sent, when it closed first (1000: a clean close)."""
 
     @property
     def closed(self) -> bool:
@@ -231,10 +235,16 @@ class Peer:
         """Close the WebSocket with `code`; `run()` then returns."""
         await self._ws.close(code=code, message=message.encode())
 
-    async def run(self) -> None:
-        """Read frames until the connection closes, then fail every request still waiting."""
+    async def run(self, first: str | bytes | None = None) -> None:
+        """Read frames until the connection closes, then fail every request still waiting.
+
+        Args:
+            first: a frame already read off the socket, handled before the next one.
+        """
         ws = self._ws
         try:
+            if first is not None:
+                await self._on_frame(first)
             while True:
                 msg = await ws.receive()
                 kind = msg.type
@@ -248,6 +258,8 @@ class Peer:
                 ):
                     if kind is WSMsgType.ERROR:
                         logger.info("%s: connection error: %s", self.label, msg.data)
+                    elif kind is WSMsgType.CLOSE:
+                        self.remote_close_code = msg.data
                     break
         finally:
             self._closed = True
@@ -276,6 +288,8 @@ class Peer:
         if type(packet) is Response:
             future = self._pending.get(packet.id) if packet.id is not None else None
             if future is None or future.done():
+                if self._on_response is not None and self._on_response(packet):
+                    return
                 logger.debug(
                     "%s: dropping a response that matches nothing: %r", self.label, packet.id
                 )

@@ -107,6 +107,26 @@ async def make_raw_server() -> AsyncIterator[RawServerFactory]:
             await runner.cleanup()
 
 
+async def greet(ws: web.WebSocketResponse, session: str = "raw-session") -> None:
+    """Send what every v1 server sends first on a packet WebSocket: the `session` event (§7)."""
+    await ws.send_str(
+        json.dumps(
+            {
+                "id": "greeting",
+                "type": "event",
+                "name": "session",
+                "data": {
+                    "session": session,
+                    "protocol": 1,
+                    "heartbeat_interval": None,
+                    "resumed": False,
+                    "dropped": 0,
+                },
+            }
+        )
+    )
+
+
 async def wait_for(awaitable: Awaitable[Any], timeout: float = WAIT) -> Any:
     """Await something that must happen, failing the test instead of hanging."""
     async with asyncio.timeout(timeout):

@@ -28,6 +28,7 @@ from tests.conftest import (
     RawServerFactory,
     RawSocket,
     ServerFactory,
+    greet,
     recv_json,
     wait_for,
     ws_url,
@@ -348,6 +349,7 @@ async def test_client_answers_bad_frames_from_the_server_and_stays_connected(
     async def garbage(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        await greet(ws)
         for raw in frames:
             await ws.send_str(raw)
         # Six answers: every frame but the stray Response, which is dropped.
@@ -381,6 +383,7 @@ async def test_a_malformed_answer_fails_its_request_at_once(
     async def bad_answers(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        await greet(ws)
         async for msg in ws:
             asked = json.loads(msg.data)
             if asked.get("type") == "request":

@@ -15,7 +15,14 @@ import aiohttp
 from aiohttp import web
 
 from siyi_sdk import Connection, Request, Response
-from tests.conftest import ClientFactory, RawServerFactory, ServerFactory, wait_for, ws_url
+from tests.conftest import (
+    ClientFactory,
+    RawServerFactory,
+    ServerFactory,
+    greet,
+    wait_for,
+    ws_url,
+)
 
 INTERVAL = 0.2
 # 1.5 intervals is the contract; the slack only absorbs scheduling noise on a busy machine.
@@ -96,6 +103,7 @@ async def test_client_heartbeat_drops_a_server_that_stops_answering(
     async def mute(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
+        await greet(ws)
         accepted.set()
         await release.wait()  # never reads, so never answers a ping
         return ws

@@ -38,6 +38,7 @@ from siyi_sdk import (
     encode,
     parse_message,
 )
+from tests.conftest import wait_until
 from tests.proxy import WAIT, Gate, running_server, wait_for
 
 
@@ -381,23 +382,28 @@ async def wait_delivered(adapters: list[CountingWebSocket], count: int) -> None:
     await wait_for(all_there())
 
 
-async def test_broadcast_on_two_websockets_reaches_the_manager_once(game: ProtocolServer) -> None:
+async def test_two_websockets_in_one_manager_are_one_peer(game: ProtocolServer) -> None:
+    """A manager presents one session: a second WebSocket takes it over (PROTOCOL.md §7).
+
+    The older socket is closed with 4001 and does not fight back; events reach the manager's
+    handler once, through the socket that holds the session.
+    """
     url = f"ws://127.0.0.1:{game.port}"
-    one, two = CountingWebSocket(url), CountingWebSocket(url)
+    one, two = CountingWebSocket(url, priority=1), CountingWebSocket(url)
     async with AdapterManager([one, two]) as manager:
         got: list[Event] = []
         manager.on_event(got.append)
-        assert len(game.connections) == 2
+        assert len(game.sessions) == 1
+        assert one.session.key == two.session.key
+        await wait_until(lambda: not one.is_connected)
+        assert "took this session over" in str(one.last_error)
+        assert two.is_connected
+        assert len(game.connections) == 1
 
-        # A broadcast is encoded once: both sockets carry the same event id.
         await game.broadcast_event("tick", {"n": 1})
-        await wait_delivered([one, two], 1)
-        assert one.delivered == two.delivered
+        await wait_delivered([two], 1)
         assert [(e.name, e.data) for e in got] == [("tick", {"n": 1})]
-
-        await game.broadcast_event("tick", {"n": 2})
-        await wait_delivered([one, two], 2)
-        assert [e.data for e in got] == [{"n": 1}, {"n": 2}]
+        assert one.delivered == []
 
 
 async def test_handlers_on_an_adapter_win_over_the_managers(game: ProtocolServer) -> None:
@@ -415,15 +421,17 @@ async def test_handlers_on_an_adapter_win_over_the_managers(game: ProtocolServer
     def own_request(request: Request) -> Response:
         return Response.success(request.id, "answered by the adapter")
 
-    async with AdapterManager([own, plain]) as manager:
+    # Two clients (two managers, two sessions), each manager with the same handlers.
+    async with AdapterManager([own]) as first, AdapterManager([plain]) as second:
+        for manager in (first, second):
 
-        @manager.on_event
-        def manager_event(event: Event) -> None:
-            manager_events.append(event.name)
+            @manager.on_event
+            def manager_event(event: Event) -> None:
+                manager_events.append(event.name)
 
-        @manager.on_request
-        async def manager_request(request: Request) -> Response:
-            return Response.success(request.id, "answered by the manager")
+            @manager.on_request
+            async def manager_request(request: Request) -> Response:
+                return Response.success(request.id, "answered by the manager")
 
         by_adapter = {c.headers["X-Adapter"]: c for c in game.connections}
         replies = await wait_for(game.broadcast_request("who"))
@@ -456,7 +464,8 @@ async def test_receive_only_websocket_beside_an_http_sender(game: ProtocolServer
         got: list[str] = []
         manager.on_event(lambda event: got.append(event.name))
         assert listener.is_connected
-        assert await Api(manager).get_player_list() == ["overworld", "http"]
+        # The call travels over HTTP; the server sees one peer, reachable over its WebSocket.
+        assert await Api(manager).get_player_list() == ["overworld", "websocket"]
         assert manager.last_adapter is http
         await game.broadcast_event("pushed")
         await wait_delivered([listener], 1)

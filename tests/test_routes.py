@@ -53,10 +53,15 @@ class Clock:
         return self.now
 
 
-async def post(server: ProtocolServer, packet: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+async def post(
+    server: ProtocolServer, packet: dict[str, Any], session: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    headers = {"X-Siyi-Session": session} if session else {}
     async with (
         aiohttp.ClientSession() as http,
-        http.post(f"http://127.0.0.1:{server.port}/general", data=json.dumps(packet)) as reply,
+        http.post(
+            f"http://127.0.0.1:{server.port}/general", data=json.dumps(packet), headers=headers
+        ) as reply,
     ):
         return reply.status, json.loads(await reply.read())
 
@@ -369,6 +374,8 @@ async def test_same_id_over_websocket_then_http_runs_once(
         WebSocketAdapter(f"ws://{url}", request_timeout=WAIT) as ws,
         HttpAdapter(f"http://{url}", request_timeout=WAIT) as http,
     ):
+        # One client, two routes: the same session, so the same id namespace (§6).
+        http.share_session(ws.session)
         over_ws = asyncio.create_task(ws.send_packet(request))
         await wait_for(game.gate.started.wait())
         over_http = asyncio.create_task(http.send_packet(request))
@@ -390,14 +397,16 @@ async def test_server_finishes_a_request_whose_connection_dropped(
     game.server.on_disconnect(lambda connection: gone.set())
     frame = {"id": "orphan-1", "type": "request", "command": "slow", "params": {"x": 5}}
     async with connect(f"ws://127.0.0.1:{game.server.port}") as ws:
+        session = json.loads(await ws.recv())["data"]["session"]
         await ws.send(json.dumps(frame))
         await wait_for(game.gate.started.wait())
+        ws.transport.abort()  # the connection drops (a clean close would end the session)
     await wait_for(gone.wait())  # the server saw the client leave...
     assert not game.gate.finished.is_set()
     game.gate.open()
     await wait_for(game.gate.finished.wait())  # ...and still ran the handler to the end
 
-    status, answer = await post(game.server, frame)
+    status, answer = await post(game.server, frame, session)  # the same peer, over HTTP now
     assert status == 200
     assert answer == {
         "id": "orphan-1",

@@ -109,6 +109,8 @@ async def test_server_route_decorator_keeps_the_handler() -> None:
         return Inventory(items={params.player: 1})
 
     # The decorator returns the handler unchanged: calling it directly keeps its types.
-    caller = Connection(transport="http", remote_address=None, headers={}, request_timeout=None)
+    caller = Connection(
+        session="s", principal=None, remote_address=None, headers={}, request_timeout=None
+    )
     result = assert_type(await inventory(caller, GetInventory(player="Steve")), Inventory)
     assert result == Inventory(items={"Steve": 1})

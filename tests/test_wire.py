@@ -10,7 +10,9 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from siyi_sdk import Connection, Event, ProtocolServer, Request, Response
 from tests.conftest import ClientFactory, recv_json, wait_for, ws_url
@@ -99,10 +101,11 @@ async def test_events_reach_the_server_handler(server: ProtocolServer) -> None:
             )
         )
         conn, event = await wait_for(got.get())
+        # The Connection stands for the peer's session: it says how it is reachable now.
+        assert conn.transport == "websocket"
     assert event.name == "player_update"
     assert event.data == {"player": "Steve", "health": 95}
     assert event.id == "a1b2c3d4-e5f6-7890-1234-567890abcdef"
-    assert conn.transport == "websocket"
 
 
 async def test_send_event_and_broadcast_event_reach_the_peer(server: ProtocolServer) -> None:
@@ -204,30 +207,46 @@ async def test_our_client_talks_to_the_server_without_a_path(
 
 
 async def test_a_repeated_request_id_runs_at_most_once(server: ProtocolServer) -> None:
-    """§6: a repeat of an id (here from another connection) gets the first run's Response."""
+    """§6: a repeat of an id from the same peer (its session) gets the first run's Response.
+
+    The peer reconnects mid-run, presenting its session key: the new socket takes the session
+    over (the old one is closed with 4001), and its repeat waits for the first run.
+    """
     runs = 0
+    started = asyncio.Event()
     release = asyncio.Event()
 
     async def handler(connection: Connection, request: Request) -> Response:
         nonlocal runs
         runs += 1
+        started.set()
         await release.wait()
         return Response.success(request.id, data=f"run {runs}")
 
     server.on_request(handler)
     once = json.dumps({"id": "only-once", "type": "request", "command": "charge_card"})
     try:
-        async with connect(ws_url(server)) as first, connect(ws_url(server)) as second:
+        async with connect(ws_url(server)) as first:
+            greeting = json.loads(await first.recv())
+            assert greeting["name"] == "session"
             await first.send(once)
-            await second.send(once)  # while the first run may still be going: it waits for it
-            release.set()
-            a = await recv_json(first)
-            b = await recv_json(second)
-            # Once finished, a later repeat is answered from memory.
-            await first.send(once)
-            c = await recv_json(first)
+            await wait_for(started.wait())
+            key = {"X-Siyi-Session": greeting["data"]["session"]}
+            async with connect(ws_url(server), additional_headers=key) as second:
+                resumed = json.loads(await second.recv())
+                assert resumed["data"]["resumed"] is True
+                await second.send(once)  # the first run is still going: this one waits for it
+                with pytest.raises(ConnectionClosed) as closed:
+                    await wait_for(first.recv())
+                assert closed.value.rcvd is not None
+                assert closed.value.rcvd.code == 4001
+                release.set()
+                a = await recv_json(second)
+                # Once finished, a later repeat is answered from memory.
+                await second.send(once)
+                b = await recv_json(second)
     finally:
         release.set()
     assert runs == 1
-    assert a == b == c
+    assert a == b
     assert a["data"] == "run 1"

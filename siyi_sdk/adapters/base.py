@@ -9,11 +9,36 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self, TypeAlias
 
-from ..errors import TransportError
-from ..packets import Event, Request, RequestPacket, Response, ResponsePacket, StatusCode
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
+
+from ..errors import ProtocolVersionError, TransportError
+from ..packets import (
+    PROTOCOL_VERSION,
+    Event,
+    Request,
+    RequestPacket,
+    Response,
+    ResponsePacket,
+    StatusCode,
+)
 from ..peer import call_event_handler, call_request_handler
 
-__all__ = ["Adapter", "AdapterMode", "ClientEventHandler", "ClientRequestHandler"]
+__all__ = [
+    "Adapter",
+    "AdapterMode",
+    "ClientEventHandler",
+    "ClientRequestHandler",
+    "SessionRef",
+    "backoff",
+    "check_protocol",
+]
+
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +46,65 @@ ClientRequestHandler: TypeAlias = Callable[[Request], Awaitable[Response] | Resp
 """A handler for requests the server sends: `handler(request) -> Response`."""
 ClientEventHandler: TypeAlias = Callable[[Event], Awaitable[None] | None]
 """A handler for events the server sends: `handler(event)`."""
+
+
+class SessionRef:
+    """The session key of one client, shared by all its adapters.
+
+    The server opens a session at first contact and returns its key; every adapter then
+    presents it, so the server sees one peer whichever adapter carries a packet. An
+    AdapterManager gives its adapters one `SessionRef`.
+
+    Attributes:
+        key: the session key, None until the server gave one.
+    """
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+
+    def update(self, key: str | None, source: str) -> None:
+        """Adopt the key the server returned (a new one when the old session had ended)."""
+        if key and key != self.key:
+            if self.key is not None:
+                logger.info("%s: the server opened a new session (the old one had ended)", source)
+            self.key = key
+
+
+def backoff(
+    initial: float,
+    maximum: float,
+    sleep: Callable[[float], Awaitable[None]],
+    retry_on: tuple[type[BaseException], ...],
+    before_sleep: Callable[[RetryCallState], None] | None = None,
+) -> AsyncRetrying:
+    """The retry policy of every reconnecting loop: exponential backoff with jitter, forever.
+
+    Args:
+        initial: the first delay in seconds (then doubled each time).
+        maximum: the ceiling of the delay.
+        sleep: how to wait (inject a fast one in tests).
+        retry_on: the exceptions that mean "try again"; any other is raised.
+        before_sleep: called after each failed attempt (for logging).
+    """
+    return AsyncRetrying(
+        # Not wait_exponential_jitter: its `initial` is deprecated in tenacity 9 and its
+        # replacement `multiplier` does not exist in the tenacity 8 we still support.
+        wait=wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial / 2),
+        retry=retry_if_exception_type(retry_on),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def check_protocol(version: object) -> None:
+    """Refuse a server whose protocol version this client does not speak.
+
+    Raises:
+        ProtocolVersionError: `version` is not `PROTOCOL_VERSION`.
+    """
+    if version != PROTOCOL_VERSION:
+        raise ProtocolVersionError(version, PROTOCOL_VERSION)
 
 
 class AdapterMode(enum.Flag):
@@ -50,6 +134,7 @@ class Adapter(ABC):
     _request_handler: ClientRequestHandler | None = None
     _event_handlers: tuple[ClientEventHandler, ...] = ()
     _parent: Adapter | None = None
+    _session_ref: SessionRef | None = None
 
     @abstractmethod
     async def send_packet(self, packet: RequestPacket) -> ResponsePacket:
@@ -119,6 +204,17 @@ class Adapter(ABC):
         """Add a handler for events the server sends; usable as a decorator."""
         self._event_handlers = (*self._event_handlers, handler)
         return handler
+
+    @property
+    def session(self) -> SessionRef:
+        """The session key holder this adapter presents (shared within a manager)."""
+        if self._session_ref is None:
+            self._session_ref = SessionRef()
+        return self._session_ref
+
+    def share_session(self, ref: SessionRef) -> None:
+        """Present `ref`'s session key from now on (an AdapterManager calls this)."""
+        self._session_ref = ref
 
     def set_parent(self, parent: Adapter | None) -> None:
         """Hand received packets to `parent` when this adapter has no handler of its own."""

@@ -1,15 +1,35 @@
-"""HttpAdapter: each packet is one ``POST {base_url}/general`` on a keep-alive session."""
+"""HttpAdapter: each packet is one ``POST {base_url}/general``; receiving long-polls /events."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import aiohttp
+import orjson
+from tenacity import RetryCallState
 
-from ..errors import ProtocolError, RequestTimeoutError, TransportError, error_for_response
-from ..packets import Event, Packet, RequestPacket, Response, ResponsePacket, encode, parse_message
-from .base import Adapter, AdapterMode
+from ..errors import (
+    ProtocolError,
+    RequestTimeoutError,
+    TransportError,
+    error_for_response,
+)
+from ..packets import (
+    SESSION_HEADER,
+    Event,
+    Packet,
+    Request,
+    RequestPacket,
+    Response,
+    ResponsePacket,
+    encode,
+    parse_message,
+    parse_object,
+)
+from .base import Adapter, AdapterMode, backoff, check_protocol
 
 __all__ = ["HttpAdapter"]
 
@@ -22,15 +42,30 @@ class HttpAdapter(Adapter):
     """Sends packets over HTTP: ``POST {base_url}/general``, one Response per call.
 
     One aiohttp session (a keep-alive connection pool) is opened by `start()` or on first
-    use and closed by `close()`.
+    use and closed by `close()`. Before its first packet it reads ``/about`` once and refuses a
+    server of another protocol version. It presents the client's session key
+    (``X-Siyi-Session``) and adopts the one the server returns, so that within an
+    AdapterManager the server sees one peer whichever adapter carries a packet.
+
+    With ``mode=AdapterMode.SEND | AdapterMode.RECEIVE`` it also receives: `start()` begins
+    long-polling ``GET /events`` (PROTOCOL.md §7). Events go to the handlers (in order),
+    requests from the server are answered through ``POST /general``, and each poll
+    acknowledges what the previous one returned, so a lost answer loses nothing.
 
     Args:
         base_url: the server's base URL, e.g. ``http://127.0.0.1:8765``.
         priority: preference within an AdapterManager (higher first).
-        mode: override the default SEND.
+        mode: SEND by default; add RECEIVE to long-poll for events and server requests.
         request_timeout: default seconds for one call (None: no limit).
         headers: extra HTTP headers for every call.
+        token: the server's key, sent as ``Authorization: Bearer <token>``.
         general_path: the packet endpoint's path.
+        events_path: the long-poll endpoint's path.
+        about_path: the server description's path.
+        poll_wait: seconds one long poll may wait on the server.
+        reconnect_interval: first backoff delay after a failed poll.
+        max_reconnect_interval: the backoff's ceiling.
+        sleep: the coroutine used to wait between failed polls (inject one in tests).
     """
 
     mode = AdapterMode.SEND
@@ -43,7 +78,14 @@ class HttpAdapter(Adapter):
         mode: AdapterMode | None = None,
         request_timeout: float | None = 30.0,
         headers: Mapping[str, str] | None = None,
+        token: str | None = None,
         general_path: str = "/general",
+        events_path: str = "/events",
+        about_path: str = "/about",
+        poll_wait: float = 25.0,
+        reconnect_interval: float = 1.0,
+        max_reconnect_interval: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         if priority is not None:
@@ -52,8 +94,19 @@ class HttpAdapter(Adapter):
             self.mode = mode
         self.request_timeout = request_timeout
         self.headers = {**_HEADERS, **(headers or {})}
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
         self.url = self.base_url + general_path
+        self.events_url = self.base_url + events_path
+        self.about_url = self.base_url + about_path
+        self.poll_wait = poll_wait
+        self.reconnect_interval = reconnect_interval
+        self.max_reconnect_interval = max_reconnect_interval
+        self._sleep = sleep
         self._http: aiohttp.ClientSession | None = None
+        self._checked = False
+        self._poller: asyncio.Task[None] | None = None
+        self._answering: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -61,30 +114,65 @@ class HttpAdapter(Adapter):
         return f"{type(self).__name__}({self.url})"
 
     async def start(self) -> None:
-        """Open the keep-alive session."""
+        """Open the keep-alive session; with RECEIVE, start long-polling."""
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession(headers=self.headers)
+        if AdapterMode.RECEIVE in self.mode and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.create_task(self._poll_forever())
+            self._poller.add_done_callback(self._poller_ended)
+
+    def _poller_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s: stopped receiving: %s", self.name, task.exception())
 
     async def close(self) -> None:
-        """Close the session and its connections."""
+        """Stop polling; close the session and its connections."""
+        tasks = [t for t in (self._poller, *self._answering) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._poller = None
         if self._http is not None:
             await self._http.close()
             self._http = None
 
-    async def _post(self, packet: Packet, timeout: float | None) -> Response:
+    async def _call(
+        self, method: str, url: str, timeout: float | None, body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        """One HTTP exchange carrying the session key both ways."""
         if self._http is None or self._http.closed:
-            await self.start()
-        assert self._http is not None
+            self._http = aiohttp.ClientSession(headers=self.headers)
+        key = self.session.key
+        headers = {SESSION_HEADER: key} if key is not None else None
         try:
-            async with self._http.post(
-                self.url, data=encode(packet), timeout=aiohttp.ClientTimeout(total=timeout)
+            async with self._http.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as reply:
-                status = reply.status
-                body = await reply.read()
+                self.session.update(reply.headers.get(SESSION_HEADER), self.name)
+                return reply.status, await reply.read()
         except TimeoutError:
-            raise RequestTimeoutError(f"POST {self.url}: no answer within {timeout:g} s") from None
+            raise RequestTimeoutError(f"{method} {url}: no answer within {timeout:g} s") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(f"POST {self.url} failed: {type(exc).__name__}: {exc}") from exc
+            raise TransportError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _check_protocol(self) -> None:
+        status, body = await self._call("GET", self.about_url, self.request_timeout)
+        if status == 200:
+            try:
+                about = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise TransportError(f"GET {self.about_url}: not JSON") from None
+            check_protocol(about.get("protocol") if isinstance(about, dict) else None)
+        self._checked = True
+
+    async def _post(self, packet: Packet, timeout: float | None) -> Response:
+        if not self._checked:
+            await self._check_protocol()
+        status, body = await self._call("POST", self.url, timeout, encode(packet))
         try:
             answer = parse_message(body)
         except ProtocolError as exc:
@@ -106,6 +194,7 @@ class HttpAdapter(Adapter):
         Raises:
             TransportError: the server could not be reached or did not answer with a packet.
             RequestTimeoutError: no answer in time (an `asyncio.TimeoutError`).
+            ProtocolVersionError: the server speaks another protocol version.
         """
         return await self._post(packet, self.request_timeout if timeout is None else timeout)
 
@@ -119,3 +208,66 @@ class HttpAdapter(Adapter):
         ack = await self._post(event, self.request_timeout)
         if not ack.ok:
             raise error_for_response(ack)
+
+    # Receiving -------------------------------------------------------------------------------
+
+    def _log_failed_poll(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        logger.info("%s: polling failed (%s); retrying in %.2f s", self.name, exc, delay)
+
+    async def _poll(self, after: str | None) -> list[Any]:
+        url = f"{self.events_url}?wait={self.poll_wait:g}"
+        if after is not None:
+            url += "&after=" + after
+        # The server may hold the poll for poll_wait seconds: allow that on top of a call.
+        limit = None if self.request_timeout is None else self.poll_wait + self.request_timeout
+        status, body = await self._call("GET", url, limit)
+        if status != 200:
+            try:
+                answer: Packet | None = parse_message(body)
+            except ProtocolError:
+                answer = None
+            if isinstance(answer, Response) and not answer.ok:
+                raise error_for_response(answer)  # e.g. 401: retrying would not help
+            raise TransportError(f"GET {self.events_url}: HTTP {status}")
+        packets = orjson.loads(body)
+        if not isinstance(packets, list):
+            raise TransportError(f"GET {self.events_url}: not a JSON array")
+        return packets
+
+    async def _poll_forever(self) -> None:
+        after: str | None = None
+        while True:
+            async for attempt in backoff(
+                self.reconnect_interval,
+                self.max_reconnect_interval,
+                self._sleep,
+                (TransportError, RequestTimeoutError, orjson.JSONDecodeError),
+                self._log_failed_poll,
+            ):
+                with attempt:
+                    if not self._checked:
+                        await self._check_protocol()
+                    packets = await self._poll(after)
+            for raw in packets:
+                try:
+                    packet = parse_object(raw)
+                except ProtocolError as exc:
+                    logger.warning("%s: a polled packet is invalid: %s", self.name, exc)
+                    continue
+                if isinstance(packet, Event):
+                    await self.handle_event(packet)
+                elif isinstance(packet, Request):
+                    # Requests run concurrently, as on a WebSocket; events stay in order.
+                    task = asyncio.create_task(self._answer(packet))
+                    self._answering.add(task)
+                    task.add_done_callback(self._answering.discard)
+                after = packet.id
+
+    async def _answer(self, request: Request) -> None:
+        response = await self.handle_request(request)
+        try:
+            await self._post(response, self.request_timeout)
+        except (TransportError, RequestTimeoutError) as exc:
+            logger.warning("%s: the answer to %r was lost: %s", self.name, request.command, exc)

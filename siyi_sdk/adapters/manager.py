@@ -41,6 +41,9 @@ class AdapterManager(Adapter):
     handlers registered on the adapter itself, else to the manager's. An event carried by two
     adapters (same id) reaches the manager's handlers once.
 
+    Sessions: the adapters share one session key (`session`), so the server sees one peer
+    (one at-most-once namespace, one replay buffer) whichever adapter carries a packet.
+
     Attributes:
         last_adapter: the adapter that carried the last packet (for tests and metrics).
     """
@@ -72,6 +75,7 @@ class AdapterManager(Adapter):
         """Add an adapter (started at once if the manager already is). Returns it."""
         self._adapters.append(adapter)
         adapter.set_parent(self)
+        adapter.share_session(self.session)
         # sorted() is stable, so equal priorities keep the order they were added in.
         self._senders = sorted(
             (a for a in self._adapters if AdapterMode.SEND in a.mode), key=lambda a: -a.priority
@@ -83,9 +87,14 @@ class AdapterManager(Adapter):
         return adapter
 
     async def start(self) -> None:
-        """Start every adapter (each makes its first connection attempt) concurrently."""
+        """Start every adapter (each makes its first connection attempt), by priority.
+
+        One after the other, so that the first to reach the server brings back the session
+        key the others then present: the server sees one peer.
+        """
         self._started = True
-        await asyncio.gather(*(a.start() for a in self._adapters))
+        for adapter in sorted(self._adapters, key=lambda a: -a.priority):
+            await adapter.start()
 
     async def close(self) -> None:
         """Close every adapter."""

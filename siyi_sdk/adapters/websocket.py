@@ -8,24 +8,33 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import RetryCallState
 
-from ..errors import ConnectionClosedError, NotConnectedError, TransportError
-from ..packets import Event, RequestPacket, ResponsePacket
+from ..errors import (
+    ConnectionClosedError,
+    NotConnectedError,
+    ProtocolError,
+    TransportError,
+    UnauthorizedError,
+)
+from ..packets import (
+    SESSION_EVENT,
+    SESSION_HEADER,
+    TAKEN_OVER,
+    Event,
+    RequestPacket,
+    ResponsePacket,
+    parse_message,
+)
 from ..peer import Peer
-from .base import Adapter, AdapterMode
+from .base import Adapter, AdapterMode, backoff, check_protocol
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "WebSocketAdapter"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+
 
 # What a failed connection attempt can raise; anything else is a bug and stops the loop.
 _RETRYABLE = (OSError, aiohttp.ClientError, TimeoutError, TransportError)
@@ -53,6 +62,7 @@ class WebSocketAdapter(Adapter):
         max_message_size: the largest frame accepted from the server.
         max_in_flight: server requests handled at once; more get 429.
         headers: extra HTTP headers for the upgrade request.
+        token: the server's key, sent as ``Authorization: Bearer <token>``.
         sleep: the coroutine used to wait between attempts (inject a fast one in tests).
     """
 
@@ -72,9 +82,11 @@ class WebSocketAdapter(Adapter):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_in_flight: int = 1000,
         headers: Mapping[str, str] | None = None,
+        token: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.url = url
+        self.token = token
         if priority is not None:
             self.priority = priority
         if mode is not None:
@@ -169,6 +181,9 @@ class WebSocketAdapter(Adapter):
         self._closing = False
         self._attempted.clear()
         self._runner = asyncio.create_task(self._serve(auto_reconnect=True))
+        # A runner that gives up (refused key, wrong protocol) has logged why and kept it in
+        # `last_error`; its exception must not also surface as "never retrieved".
+        self._runner.add_done_callback(lambda task: None if task.cancelled() else task.exception())
         waiter = asyncio.create_task(self._attempted.wait())
         await asyncio.wait(
             {waiter, self._runner},
@@ -193,25 +208,82 @@ class WebSocketAdapter(Adapter):
             await self._http.close()
             self._http = None
 
-    async def _open(self) -> Peer:
+    def _upgrade_headers(self) -> dict[str, str]:
+        headers = dict(self.headers)
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.session.key is not None:
+            headers[SESSION_HEADER] = self.session.key
+        return headers
+
+    async def _open(self) -> tuple[Peer, str | bytes | None]:
+        """One connection attempt: the upgrade, then the server's `session` event.
+
+        Returns:
+            The peer, and the first frame when it was not a `session` event (a server that
+            does not open sessions): the peer handles it before anything else.
+
+        Raises:
+            UnauthorizedError: the server refused the key (not retried).
+            ProtocolVersionError: the server speaks another protocol (not retried).
+        """
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()
         async with asyncio.timeout(self.connect_timeout):
-            ws = await self._http.ws_connect(
-                self.url,
-                heartbeat=self.heartbeat_interval,
-                max_msg_size=self.max_message_size,
-                headers=self.headers,
-                autoclose=True,
-                autoping=True,
-            )
-        return Peer(
+            try:
+                ws = await self._http.ws_connect(
+                    self.url,
+                    heartbeat=self.heartbeat_interval,
+                    max_msg_size=self.max_message_size,
+                    headers=self._upgrade_headers(),
+                    autoclose=True,
+                    autoping=True,
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 401:
+                    raise UnauthorizedError(f"{self.url} refused the key: {exc.message}") from exc
+                raise
+            first: str | bytes | None = None
+            try:
+                msg = await ws.receive()
+                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    first = msg.data
+                    if self._take_session_event(first):
+                        first = None
+            except BaseException:
+                await ws.close()
+                raise
+        peer = Peer(
             ws,
             on_request=self.handle_request,
             on_event=self.handle_event,
             max_in_flight=self.max_in_flight,
             label=self.url,
         )
+        return peer, first
+
+    def _take_session_event(self, frame: str | bytes) -> bool:
+        """Consume the server's `session` event (PROTOCOL.md §7); False if `frame` is not one.
+
+        Raises:
+            ProtocolVersionError: the server speaks another protocol.
+        """
+        try:
+            packet = parse_message(frame)
+        except ProtocolError:
+            return False
+        if not isinstance(packet, Event) or packet.name != SESSION_EVENT:
+            return False
+        info = packet.data if isinstance(packet.data, dict) else {}
+        check_protocol(info.get("protocol"))
+        self.session.update(info.get("session"), self.name)
+        if info.get("resumed"):
+            logger.info(
+                "%s: session resumed; %s packets were dropped while away",
+                self.name,
+                info.get("dropped", 0),
+            )
+        return True
 
     def _log_retry(self, state: RetryCallState) -> None:
         self._attempted.set()
@@ -227,18 +299,13 @@ class WebSocketAdapter(Adapter):
             delay,
         )
 
-    async def _connect_retrying(self) -> Peer:
-        retrying = AsyncRetrying(
-            # Not wait_exponential_jitter: its `initial` is deprecated in tenacity 9 and its
-            # replacement `multiplier` does not exist in the tenacity 8 we still support.
-            wait=wait_exponential(
-                multiplier=self.reconnect_interval, max=self.max_reconnect_interval
-            )
-            + wait_random(0, self.reconnect_interval / 2),
-            retry=retry_if_exception_type(_RETRYABLE),
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
+    async def _connect_retrying(self) -> tuple[Peer, str | bytes | None]:
+        retrying = backoff(
+            self.reconnect_interval,
+            self.max_reconnect_interval,
+            self._sleep,
+            _RETRYABLE,
+            self._log_retry,
         )
         async for attempt in retrying:
             with attempt:
@@ -251,7 +318,14 @@ class WebSocketAdapter(Adapter):
         try:
             while not self._closing:
                 try:
-                    peer = await (self._connect_retrying() if auto_reconnect else self._open())
+                    peer, first = await (
+                        self._connect_retrying() if auto_reconnect else self._open()
+                    )
+                except BaseException as exc:
+                    if not isinstance(exc, asyncio.CancelledError):
+                        self._last_error = exc
+                        logger.error("%s: giving up: %s", self.name, exc)
+                    raise
                 finally:
                     self._attempted.set()
                 if self._closing:
@@ -262,11 +336,17 @@ class WebSocketAdapter(Adapter):
                 logger.info("connected to %s", self.url)
                 opened = time.monotonic()
                 try:
-                    await peer.run()
+                    await peer.run(first)
                 finally:
                     self._connected.clear()
                     self._peer = None
                 if self._closing or not auto_reconnect:
+                    return
+                if peer.close_code == TAKEN_OVER:
+                    self._last_error = ConnectionClosedError(
+                        f"{self.url}: another connection took this session over"
+                    )
+                    logger.warning("%s: not reconnecting: %s", self.name, self._last_error)
                     return
                 logger.warning("connection to %s lost (code %s)", self.url, peer.close_code)
                 self._last_error = ConnectionClosedError(

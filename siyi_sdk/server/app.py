@@ -7,8 +7,10 @@ shutdown check, at-most-once cache, typed route or catch-all handler, error mapp
 from __future__ import annotations
 
 import asyncio
+import hmac
+import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeAlias, TypeVar, overload
 
@@ -18,9 +20,13 @@ from aiohttp import web
 from .._version import __version__
 from ..adapters.websocket import DEFAULT_MAX_MESSAGE_SIZE
 from ..api.command import Command
-from ..errors import ProtocolError
+from ..errors import ConnectionClosedError, NotConnectedError, ProtocolError
 from ..packets import (
     PROTOCOL_VERSION,
+    SESSION_EVENT,
+    SESSION_HEADER,
+    SUBPROTOCOL,
+    TAKEN_OVER,
     Event,
     Request,
     Response,
@@ -31,6 +37,7 @@ from ..packets import (
 from ..peer import Peer, call_event_handler, call_request_handler, encode_response
 from .connection import Connection
 from .routing import Route
+from .sessions import SessionRegistry
 from .state import MemoryResponseCache, ResponseCache
 
 __all__ = ["ProtocolServer"]
@@ -42,7 +49,16 @@ ServerRequestHandler: TypeAlias = Callable[[Connection, Request], Awaitable[Resp
 ServerEventHandler: TypeAlias = Callable[[Connection, Event], Awaitable[None] | None]
 """An event handler: ``handler(connection, event)``."""
 ConnectionHandler: TypeAlias = Callable[[Connection], Awaitable[None] | None]
-"""A connect/disconnect handler: ``handler(connection)``."""
+"""A connect/disconnect/session-end handler: ``handler(connection)``."""
+Authenticate: TypeAlias = Callable[[Mapping[str, str]], Any]
+"""``authenticate(request_headers) -> principal | None`` (sync or async); None refuses."""
+
+_URL_SECRETS = frozenset({"key", "token", "verify_key", "access_token", "authorization", "auth"})
+
+
+class _Refused(Exception):
+    """Authentication failed; carries the message of the 401."""
+
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 
@@ -72,6 +88,13 @@ class ProtocolServer:
         path: the WebSocket path.
         general_path: the path of the HTTP packet endpoint.
         about_path: the path of the server description.
+        events_path: the path of the HTTP long-poll endpoint.
+        verify_key: a shared key every client must send (``Authorization: Bearer <key>``).
+        authenticate: ``authenticate(request_headers) -> principal | None``, sync or async;
+            None refuses the client (401). With neither option the server is open.
+        session_ttl: seconds a session with no WebSocket and no HTTP activity lives on.
+        session_buffer: packets kept per session while its peer is away (oldest dropped).
+        max_sessions: live sessions at most; past it the longest-idle detached one ends.
     """
 
     def __init__(
@@ -90,6 +113,12 @@ class ProtocolServer:
         path: str = "/",
         general_path: str = "/general",
         about_path: str = "/about",
+        events_path: str = "/events",
+        verify_key: str | None = None,
+        authenticate: Authenticate | None = None,
+        session_ttl: float = 300.0,
+        session_buffer: int = 1000,
+        max_sessions: int = 10_000,
     ) -> None:
         self.host = host
         self._port = port
@@ -102,6 +131,16 @@ class ProtocolServer:
         self.path = path
         self.general_path = general_path
         self.about_path = about_path
+        self.events_path = events_path
+        self.verify_key = verify_key
+        self.authenticate = authenticate
+        self.sessions = SessionRegistry(
+            ttl=session_ttl,
+            max_sessions=max_sessions,
+            buffer_size=session_buffer,
+            request_timeout=request_timeout,
+            on_end=self._session_ended,
+        )
         # `is None`, not `or`: a cache defines __len__, so an empty one is falsy.
         self.response_cache = (
             response_cache
@@ -112,8 +151,9 @@ class ProtocolServer:
         self._event_handlers: list[ServerEventHandler] = []
         self._connect_handlers: list[ConnectionHandler] = []
         self._disconnect_handlers: list[ConnectionHandler] = []
+        self._session_end_handlers: list[ConnectionHandler] = []
         self._routes: dict[str, Route] = {}
-        self._connections: dict[Connection, None] = {}  # insertion-ordered set
+        self._peers: set[Peer] = set()  # every open packet WebSocket, attached or replaying
         self._background: set[asyncio.Task[Any]] = set()
         self._http_calls: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
@@ -148,8 +188,21 @@ class ProtocolServer:
         return handler
 
     def on_disconnect(self, handler: ConnectionHandler) -> ConnectionHandler:
-        """Add a handler run when a WebSocket client's connection ends; usable as a decorator."""
+        """Add a handler run when a WebSocket client's connection ends; usable as a decorator.
+
+        It runs on every drop; the session (and its Connection) may live on and resume.
+        """
         self._disconnect_handlers.append(handler)
+        return handler
+
+    def on_session_end(self, handler: ConnectionHandler) -> ConnectionHandler:
+        """Add a handler run when a session ends; usable as a decorator.
+
+        A session ends when its client disconnects cleanly, when it expires (`session_ttl`
+        with no connection and no HTTP activity), when it is evicted past `max_sessions`, and
+        when the server stops.
+        """
+        self._session_end_handlers.append(handler)
         return handler
 
     @overload
@@ -196,8 +249,8 @@ class ProtocolServer:
 
     @property
     def connections(self) -> list[Connection]:
-        """The WebSocket connections open now."""
-        return list(self._connections)
+        """The peers with a WebSocket open now."""
+        return [c for c in self.sessions if c.is_connected]
 
     @property
     def is_serving(self) -> bool:
@@ -211,6 +264,7 @@ class ProtocolServer:
             app.router.add_get(self.path, self._websocket)
             app.router.add_post(self.general_path, self._general)
             app.router.add_get(self.about_path, self._about)
+            app.router.add_get(self.events_path, self._events)
             self._app = app
         return self._app
 
@@ -237,6 +291,7 @@ class ProtocolServer:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._spawn(self._sweep_sessions())
         logger.info("serving on ws://%s:%d%s", self.host, self.port, self.path)
 
     async def start(self) -> None:
@@ -258,7 +313,7 @@ class ProtocolServer:
             await self._stopped.wait()  # another stop() is under way
             return
         self._stopping = True
-        running = {t for c in self._connections if c.peer for t in c.peer.handling}
+        running = {t for peer in self._peers for t in peer.handling}
         running |= self._http_calls
         if running:
             await asyncio.wait(running, timeout=self.shutdown_timeout)
@@ -268,10 +323,14 @@ class ProtocolServer:
         for site in list(runner.sites):
             await site.stop()
         await asyncio.gather(
-            *(c.close(1001, "server shutting down") for c in list(self._connections)),
+            *(peer.close(1001, "server shutting down") for peer in list(self._peers)),
             return_exceptions=True,
         )
         await runner.cleanup()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self.sessions.end_all()
         self._runner = None
         self._stopped.set()
         logger.info("server stopped")
@@ -323,24 +382,31 @@ class ProtocolServer:
         await connection.send_event(name, data)
 
     def _targets(self, exclude: Iterable[Connection] | None) -> list[Connection]:
+        # Attached peers, and detached ones that take packets (they get them on return).
         skip = set(exclude) if exclude else ()
-        return [c for c in self._connections if c not in skip and c.is_connected]
+        return [c for c in self.sessions if c not in skip and (c.receives or c.is_connected)]
 
     async def broadcast_event(
         self, name: str, data: Any = None, *, exclude: Iterable[Connection] | None = None
     ) -> None:
-        """Send an event to every connected client except those in `exclude`.
+        """Send an event to every client except those in `exclude`.
 
-        The event is encoded once. A client that drops meanwhile is skipped (logged).
+        The event is encoded once. Clients that are away get it in their session's buffer.
         """
-        frame = encode(Event(name=name, data=data))
-        targets = self._targets(exclude)
-        results = await asyncio.gather(
-            *(c.peer.send_raw(frame) for c in targets if c.peer), return_exceptions=True
-        )
-        for conn, result in zip(targets, results, strict=False):
-            if isinstance(result, BaseException):
-                logger.debug("broadcast of %r to %r failed: %s", name, conn, result)
+        event = Event(name=name, data=data)
+        frame = encode(event)
+        sends = []
+        for connection in self._targets(exclude):
+            peer = connection.peer
+            if peer is not None and not peer.closed:
+                sends.append(connection.deliver(event.id, frame))
+            else:
+                connection.buffer(event.id, frame)
+        if sends:
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    logger.debug("broadcast of %r: %s", name, result)
 
     async def broadcast_request(
         self,
@@ -350,9 +416,10 @@ class ProtocolServer:
         timeout: float | None = None,
         exclude: Iterable[Connection] | None = None,
     ) -> dict[Connection, Response | Exception]:
-        """Send a request to every connected client and collect every answer.
+        """Send a request to every client and collect every answer.
 
         All clients are asked at once; a slow or silent one never holds up the others.
+        Clients that are away (sessions that take packets) get it on return, within `timeout`.
 
         Returns:
             For each client asked, its Response (ok or error) or the exception raised for it
@@ -372,19 +439,27 @@ class ProtocolServer:
 
     # Dispatch -------------------------------------------------------------------------------
 
-    async def handle(self, connection: Connection, request: Request) -> Response:
+    async def handle(
+        self, connection: Connection, request: Request, identity: str | None = None
+    ) -> Response:
         """Answer one request from any transport; never raises.
 
         The one dispatch path: 503 while stopping; a repeat of an id seen recently gets the
         first Response (at most once); then the typed route, else the catch-all handler, else
         404; handler errors are mapped by `call_request_handler`.
+
+        Args:
+            connection: the peer asking.
+            request: its Request.
+            identity: the namespace of request ids for at-most-once: the session key when the
+                peer presented one, None for the shared namespace.
         """
         if self._stopping:
             return Response.fail(
                 request.id, "unavailable: the server is shutting down", StatusCode.UNAVAILABLE
             )
         return await self.response_cache.run_once(
-            (None, request.id), lambda: self._dispatch(connection, request)
+            (identity, request.id), lambda: self._dispatch(connection, request)
         )
 
     async def _dispatch(self, connection: Connection, request: Request) -> Response:
@@ -428,11 +503,101 @@ class ProtocolServer:
             return (str(peername[0]), int(peername[1]))
         return None
 
+    # Sessions and authentication -------------------------------------------------------------
+
+    def _session_ended(self, connection: Connection) -> None:
+        for handler in self._session_end_handlers:
+            self._spawn(call_event_handler(handler, (connection,), "session end"))
+
+    async def _sweep_sessions(self) -> None:
+        # Expiry needs a clock, not traffic: a detached session nobody touches must still go.
+        interval = max(0.05, min(self.sessions.ttl / 4, 30.0))
+        while True:
+            await asyncio.sleep(interval)
+            self.sessions.sweep()
+
+    @staticmethod
+    def _bearer(request: web.BaseRequest) -> str | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        # Browsers cannot set headers on a WebSocket: they offer "bearer.<key>" instead.
+        for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+            offered = offered.strip()
+            if offered.startswith("bearer."):
+                return offered[len("bearer.") :]
+        return None
+
+    async def _authorize(self, request: web.BaseRequest) -> Any:
+        """The principal of the caller, or `_Refused` (401)."""
+        if self.verify_key is None and self.authenticate is None:
+            return None
+        if any(name.lower() in _URL_SECRETS for name in request.query) or (
+            self.verify_key is not None and self.verify_key in request.query.values()
+        ):
+            raise _Refused("keys in the URL are refused: send 'Authorization: Bearer <key>'")
+        token = self._bearer(request)
+        if self.verify_key is not None:
+            # compare_digest: the time taken says nothing about how much of the key matched.
+            if token is None or not hmac.compare_digest(token.encode(), self.verify_key.encode()):
+                raise _Refused("missing or wrong key")
+            if self.authenticate is None:
+                return True
+        assert self.authenticate is not None
+        headers: Mapping[str, str] = request.headers
+        if token is not None and "Authorization" not in headers:
+            headers = {**request.headers, "Authorization": f"Bearer {token}"}
+        principal = self.authenticate(headers)
+        if inspect.isawaitable(principal):
+            principal = await principal
+        if principal is None:
+            raise _Refused("authentication failed")
+        return principal
+
+    def _session_for(self, request: web.BaseRequest, principal: Any) -> tuple[Connection, bool]:
+        """The caller's session (found by its key, else newly opened) and whether it was found.
+
+        Raises:
+            OverflowError: no room for a new session.
+        """
+        session = self.sessions.get(request.headers.get(SESSION_HEADER))
+        found = session is not None
+        if session is None:
+            session = self.sessions.open(principal, self._remote(request), request.headers)
+        else:
+            session.remote_address = self._remote(request)
+            session.headers = request.headers
+            self.sessions.touch(session)
+        return session, found
+
+    @staticmethod
+    def _refusal(status: int, code: int, message: str) -> web.Response:
+        return web.Response(
+            body=encode(Response.fail(None, message, code)), status=status, content_type=_JSON
+        )
+
+    async def _open_session(
+        self, request: web.BaseRequest
+    ) -> tuple[Connection, bool] | web.Response:
+        """Authorize the caller and find or open its session; or the refusal to answer."""
+        try:
+            principal = await self._authorize(request)
+        except _Refused as exc:
+            return self._refusal(401, StatusCode.UNAUTHORIZED, f"unauthorized: {exc}")
+        try:
+            return self._session_for(request, principal)
+        except OverflowError as exc:
+            return self._refusal(503, StatusCode.UNAVAILABLE, f"unavailable: {exc}")
+
+    # aiohttp handlers -----------------------------------------------------------------------
+
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
             heartbeat=self.heartbeat_interval,
             max_msg_size=self.max_message_size,
             autoping=True,
+            protocols=(SUBPROTOCOL,),
         )
         if not ws.can_prepare(request).ok:
             return web.json_response(
@@ -441,36 +606,67 @@ class ProtocolServer:
                 headers={"Upgrade": "websocket"},
             )
         if self._stopping:
-            return web.json_response({"error": "the server is shutting down"}, status=503)
+            return self._refusal(503, StatusCode.UNAVAILABLE, "the server is shutting down")
+        opened = await self._open_session(request)
+        if isinstance(opened, web.Response):
+            return opened
+        session, resumed = opened
         await ws.prepare(request)
-        connection = Connection(
-            transport="websocket",
-            remote_address=self._remote(request),
-            headers=request.headers,
-            request_timeout=self.request_timeout,
-        )
         peer = Peer(
             ws,
-            on_request=lambda req: self.handle(connection, req),
-            on_event=lambda event: self._deliver_event(connection, event),
+            on_request=lambda req: self.handle(session, req, session.session),
+            on_event=lambda event: self._deliver_event(session, event),
             max_in_flight=self.max_in_flight,
-            label=f"connection #{connection.id}",
+            label=f"connection #{session.id}",
+            on_response=session.resolve,
         )
-        connection.peer = peer
-        self._connections[connection] = None
-        logger.debug("%r connected", connection)
-        for handler in self._connect_handlers:
-            # Beside the reader, not before it: a connect handler may await a request to the
-            # client, whose Response only the reader can deliver.
-            self._spawn(call_event_handler(handler, (connection,), "connect"))
+        self._peers.add(peer)
+        previous = session.attach(peer)
+        if previous is not None:
+            logger.info("%r: a new WebSocket takes the session over", session)
+            self._spawn(previous.close(TAKEN_OVER, "session taken over by another connection"))
+        session.receives = True
+        greeting = Event(
+            name=SESSION_EVENT,
+            data={
+                "session": session.session,
+                "protocol": PROTOCOL_VERSION,
+                "heartbeat_interval": self.heartbeat_interval,
+                "resumed": resumed,
+                "dropped": session.dropped,
+            },
+        )
+        session.dropped = 0
+        self._spawn(self._greet(session, peer, greeting))
         try:
             await peer.run()
         finally:
-            del self._connections[connection]
-            logger.debug("%r disconnected (code %s)", connection, peer.close_code)
-            for handler in self._disconnect_handlers:
-                await call_event_handler(handler, (connection,), "disconnect")
+            self._peers.discard(peer)
+            attached = session.detach(peer)
+            if attached:
+                self.sessions.touch(session)
+            logger.debug("%r disconnected (code %s)", session, peer.close_code)
+            if attached:
+                for handler in self._disconnect_handlers:
+                    await call_event_handler(handler, (session,), "disconnect")
+            if peer.remote_close_code == 1000 and (attached or session.peer is None):
+                # The client said goodbye: its session is over (a drop leaves it resumable).
+                self.sessions.end(session)
         return ws
+
+    async def _greet(self, session: Connection, peer: Peer, greeting: Event) -> None:
+        # The session event first, then what waited in the buffer, then anything new.
+        try:
+            await peer.send(greeting)
+        except (NotConnectedError, ConnectionClosedError):
+            return
+        if not await session.replay(peer):
+            return  # dropped while replaying: the rest stays buffered
+        logger.debug("%r connected", session)
+        for handler in self._connect_handlers:
+            # Beside the reader, not before it: a connect handler may await a request to the
+            # client, whose Response only the reader can deliver.
+            self._spawn(call_event_handler(handler, (session,), "connect"))
 
     async def _general(self, request: web.Request) -> web.Response:
         # Counted against the same bound as the request tasks of WebSockets, for stop().
@@ -484,10 +680,19 @@ class ProtocolServer:
                 self._http_calls.discard(task)
 
     @staticmethod
-    def _packet_response(response: Response, status: int = 200) -> web.Response:
-        return web.Response(body=encode_response(response), status=status, content_type=_JSON)
+    def _packet_response(
+        response: Response, status: int = 200, session: Connection | None = None
+    ) -> web.Response:
+        headers = {SESSION_HEADER: session.session} if session is not None else None
+        return web.Response(
+            body=encode_response(response), status=status, content_type=_JSON, headers=headers
+        )
 
     async def _general_inner(self, request: web.Request) -> web.Response:
+        opened = await self._open_session(request)
+        if isinstance(opened, web.Response):
+            return opened
+        session, found = opened
         if request.content_length is not None and request.content_length > self.max_message_size:
             return self._packet_response(
                 Response.fail(
@@ -497,6 +702,7 @@ class ProtocolServer:
                     StatusCode.TOO_LARGE,
                 ),
                 413,
+                session,
             )
         try:
             body = await request.read()
@@ -508,23 +714,49 @@ class ProtocolServer:
                     StatusCode.TOO_LARGE,
                 ),
                 413,
+                session,
             )
         try:
             packet = parse_message(body)
         except ProtocolError as exc:
-            return self._packet_response(Response.fail(exc.packet_id, str(exc), exc.code), 400)
-        connection = Connection(
-            transport="http",
-            remote_address=self._remote(request),
-            headers=request.headers,
-            request_timeout=self.request_timeout,
-        )
+            return self._packet_response(
+                Response.fail(exc.packet_id, str(exc), exc.code), 400, session
+            )
         if isinstance(packet, Request):
-            return self._packet_response(await self.handle(connection, packet))
+            # A peer that presented its session gets its own id namespace (§6).
+            answer = await self.handle(session, packet, session.session if found else None)
+            return self._packet_response(answer, 200, session)
         if isinstance(packet, Event):
-            await self._deliver_event(connection, packet)
-        # An Event (or a Response, which nothing waits for over plain HTTP) is acknowledged.
-        return self._packet_response(Response.success(packet.id))
+            await self._deliver_event(session, packet)
+        else:
+            session.resolve(packet)  # the answer to a request it got through /events
+        return self._packet_response(Response.success(packet.id), 200, session)
+
+    async def _events(self, request: web.Request) -> web.Response:
+        opened = await self._open_session(request)
+        if isinstance(opened, web.Response):
+            return opened
+        session, _ = opened
+        try:
+            wait = min(float(request.query.get("wait", "0")), 300.0)
+        except ValueError:
+            return self._refusal(400, StatusCode.BAD_REQUEST, "bad request: 'wait' is seconds")
+        after = request.query.get("after") or None
+        session.receives = True
+        session.polls += 1  # a poll under way is activity: the session cannot expire
+        try:
+            frames = session.take(after)
+            if not frames and wait > 0 and not self._stopping:
+                await session.wait_for_packets(wait)
+                frames = session.take(None if after is None else "")
+        finally:
+            session.polls -= 1
+            self.sessions.touch(session)
+        return web.Response(
+            body=b"[" + b",".join(frames) + b"]",
+            content_type=_JSON,
+            headers={SESSION_HEADER: session.session},
+        )
 
     async def _about(self, request: web.Request) -> web.Response:
         body = {

@@ -1,76 +1,144 @@
-"""Connection: the server-side handle of one client, given to every handler."""
+"""Connection: the server-side handle of one peer, which stands for its session (PROTOCOL.md §7).
+
+A Connection stays the same across the peer's reconnects. `send_event` / `send_request` reach
+the peer wherever it is attached: straight down its WebSocket when one is open, otherwise into
+the session's bounded buffer, replayed in order when it reconnects or polls ``GET /events``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
+import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from ..errors import NotConnectedError
-from ..packets import Event, Request, Response
+from ..errors import ConnectionClosedError, NotConnectedError, RequestTimeoutError
+from ..packets import Event, Request, Response, encode
 from ..peer import Peer
 
 __all__ = ["Connection"]
+
+logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 
 
 class Connection:
-    """The server's handle of one client: a WebSocket, or the caller of one HTTP request.
+    """The server's handle of one peer (its session); handlers receive it first.
 
-    Handlers receive it as their first argument. Connections compare by identity, so they can
-    be kept in sets and used as dict keys (as `broadcast_request` does).
+    Connections compare by identity, so they can be kept in sets and used as dict keys (as
+    `broadcast_request` does).
 
     Attributes:
         id: a number unique within this server process.
-        remote_address: the client's ``(host, port)``, when known.
-        transport: ``"websocket"`` or ``"http"``.
-        headers: the HTTP headers of the upgrade request (WebSocket) or of the HTTP request.
+        session: the session key (secret: give it only to its peer).
+        principal: what authentication said about the peer (`authenticate`'s return value,
+            True with `verify_key`, None on an open server).
+        remote_address: the peer's ``(host, port)`` as last seen, when known.
+        headers: the HTTP headers of its latest WebSocket upgrade or HTTP call.
+        peer: the WebSocket attached now, if any.
+        close_code: the close code of its last WebSocket, once one has closed.
+        dropped: packets dropped from the buffer since the last replay (oldest first).
     """
 
     def __init__(
         self,
         *,
-        transport: Literal["websocket", "http"],
+        session: str,
+        principal: Any,
         remote_address: tuple[str, int] | None,
         headers: Mapping[str, str],
         request_timeout: float | None,
-        peer: Peer | None = None,
+        buffer_size: int = 1000,
     ) -> None:
         self.id = next(_ids)
-        self.transport = transport
+        self.session = session
+        self.principal = principal
         self.remote_address = remote_address
         self.headers = headers
         self.request_timeout = request_timeout
-        self.peer = peer
+        self.peer: Peer | None = None
+        self.close_code: int | None = None
+        self.dropped = 0
+        self.receives = False
+        """True once the peer showed it takes packets (a WebSocket or a poll of /events):
+        only then do broadcasts buffer for it while it is away."""
+        self.last_active = time.monotonic()
+        self.polls = 0
+        self.ended = False
+        self._buffer: deque[tuple[str, bytes]] = deque()
+        self._buffer_size = buffer_size
+        self._arrived = asyncio.Event()
+        self._pending: dict[str, asyncio.Future[Response]] = {}
+        self._replaying = False
 
     def __repr__(self) -> str:
-        state = "open" if self.is_connected else "closed"
+        state = "ended" if self.ended else ("attached" if self.is_connected else "detached")
         return f"<Connection #{self.id} {self.transport} {self.remote_address} {state}>"
 
     @property
     def is_connected(self) -> bool:
-        """True while the client's WebSocket is open (always False for an HTTP caller)."""
+        """True while the peer's WebSocket is open."""
         return self.peer is not None and not self.peer.closed
 
-    def _live_peer(self) -> Peer:
-        if self.peer is None:
-            raise NotConnectedError(f"{self!r} has no WebSocket to send on")
-        return self.peer
+    @property
+    def transport(self) -> Literal["websocket", "http"]:
+        """``"websocket"`` while a WebSocket is attached, else ``"http"``."""
+        return "websocket" if self.is_connected else "http"
 
-    async def send_event(self, name: str, data: Any = None) -> None:
-        """Send an event to this client.
+    @property
+    def buffered(self) -> int:
+        """Packets waiting in the session's buffer."""
+        return len(self._buffer)
+
+    # Delivery --------------------------------------------------------------------------------
+
+    def buffer(self, packet_id: str, frame: bytes) -> None:
+        """Keep an encoded packet for the peer's return; the oldest goes when full."""
+        if self.ended:
+            return
+        if len(self._buffer) >= self._buffer_size:
+            self._buffer.popleft()
+            self.dropped += 1
+        self._buffer.append((packet_id, frame))
+        self._arrived.set()
+
+    async def deliver(self, packet_id: str, frame: bytes) -> None:
+        """Send an encoded packet down the WebSocket, or buffer it while there is none.
 
         Raises:
-            NotConnectedError: the client has no open WebSocket.
-            ConnectionClosedError: it dropped while sending.
+            NotConnectedError: the session has ended.
         """
-        await self._live_peer().send(Event(name=name, data=data))
+        if self.ended:
+            raise NotConnectedError(f"{self!r}: the session has ended")
+        peer = self.peer
+        if peer is not None and not peer.closed and not self._replaying:
+            try:
+                await peer.send_raw(frame)
+                return
+            except (NotConnectedError, ConnectionClosedError):
+                pass  # it dropped just now: keep the packet for the peer's return
+        self.buffer(packet_id, frame)
+
+    async def send_event(self, name: str, data: Any = None) -> None:
+        """Send an event to this peer, now or, while it is away, when it comes back.
+
+        Raises:
+            NotConnectedError: the session has ended.
+        """
+        event = Event(name=name, data=data)
+        await self.deliver(event.id, encode(event))
 
     async def send_request(
         self, command: str, params: dict[str, Any] | None = None, *, timeout: float | None = None
     ) -> Response:
-        """Send a request to this client and wait for its Response.
+        """Send a request to this peer and wait for its Response.
+
+        With a WebSocket attached the request goes down it, and fails at once if it drops.
+        Otherwise it is buffered; the peer answers after it reconnects or polls ``/events``.
 
         Args:
             command: the command's name.
@@ -78,16 +146,133 @@ class Connection:
             timeout: seconds to wait; defaults to the server's `request_timeout`.
 
         Raises:
-            NotConnectedError: the client has no open WebSocket.
-            ConnectionClosedError: it dropped before answering.
+            NotConnectedError: the session has ended.
+            ConnectionClosedError: the WebSocket dropped before the answer came.
             RequestTimeoutError: no answer in time (an `asyncio.TimeoutError`).
         """
-        return await self._live_peer().request(
-            Request(command=command, params=params),
-            self.request_timeout if timeout is None else timeout,
-        )
+        request = Request(command=command, params=params)
+        timeout = self.request_timeout if timeout is None else timeout
+        peer = self.peer
+        if peer is not None and not peer.closed and not self._replaying:
+            return await peer.request(request, timeout)
+        if self.ended:
+            raise NotConnectedError(f"{self!r}: the session has ended")
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[request.id] = future
+        try:
+            self.buffer(request.id, encode(request))
+            try:
+                async with asyncio.timeout(timeout):
+                    return await future
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"no response to {command!r} within {timeout:g} s"
+                ) from None
+        finally:
+            del self._pending[request.id]
+
+    def resolve(self, response: Response) -> bool:
+        """Hand over the answer to a request sent while the peer was away.
+
+        Returns:
+            True if it answered a request still waiting.
+        """
+        future = self._pending.get(response.id) if response.id is not None else None
+        if future is None or future.done():
+            return False
+        future.set_result(response)
+        return True
+
+    # Replay and polling ----------------------------------------------------------------------
+
+    def take(self, after: str | None) -> list[bytes]:
+        """What a poll of ``/events`` returns.
+
+        Args:
+            after: the id of the last packet the peer handled: it and everything before it
+                are dropped, the rest returned and kept until acknowledged. None: return
+                everything and drop it.
+        """
+        buf = self._buffer
+        if after is None:
+            frames = [frame for _, frame in buf]
+            buf.clear()
+        else:
+            if any(pid == after for pid, _ in buf):
+                while buf and buf.popleft()[0] != after:
+                    pass
+            frames = [frame for _, frame in buf]
+        if not buf:
+            self._arrived.clear()
+        return frames
+
+    async def wait_for_packets(self, timeout: float) -> None:
+        """Return when the buffer has something, or after `timeout` seconds."""
+        if self._buffer:
+            return
+        self._arrived.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._arrived.wait()
+        except TimeoutError:
+            pass
+
+    def attach(self, peer: Peer) -> Peer | None:
+        """Make `peer` the session's WebSocket; packets wait in the buffer until `replay`.
+
+        Returns:
+            The WebSocket it replaces, if one was still open (the caller closes it).
+        """
+        previous = self.peer
+        self.peer = peer
+        self._replaying = True
+        return previous if previous is not None and not previous.closed else None
+
+    def detach(self, peer: Peer) -> bool:
+        """Forget `peer` if it is still the session's WebSocket; True if it was."""
+        if self.peer is not peer:
+            return False
+        self.peer = None
+        self.close_code = peer.close_code
+        self._replaying = False
+        return True
+
+    async def replay(self, peer: Peer) -> bool:
+        """Send every buffered packet down `peer` in order; then packets go to it directly.
+
+        Packets addressed to the session meanwhile join the end of the buffer, so nothing
+        overtakes what was buffered before it.
+
+        Returns:
+            False if `peer` dropped (or was replaced) first: the rest stays buffered.
+        """
+        buf = self._buffer
+        while buf:
+            if self.peer is not peer:
+                return False
+            packet_id, frame = buf.popleft()
+            try:
+                await peer.send_raw(frame)
+            except (NotConnectedError, ConnectionClosedError):
+                buf.appendleft((packet_id, frame))
+                return False
+        if self.peer is not peer:
+            return False
+        # No await between the empty check and this: nothing can slip in between.
+        self._arrived.clear()
+        self._replaying = False
+        return True
+
+    def end(self) -> None:
+        """End the session: drop the buffer, fail requests waiting on it, wake pollers."""
+        self.ended = True
+        self._buffer.clear()
+        self._arrived.set()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionClosedError(f"{self!r}: the session ended"))
 
     async def close(self, code: int = 1000, message: str = "") -> None:
-        """Close the client's WebSocket with `code` (no-op for an HTTP caller)."""
+        """Close the peer's WebSocket with `code` (no-op when none is attached)."""
         if self.peer is not None:
             await self.peer.close(code, message)

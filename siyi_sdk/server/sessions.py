@@ -1,0 +1,123 @@
+"""The live sessions of one server: open, find, expire, bound (PROTOCOL.md §7).
+
+`SessionRegistry` is in memory; a registry shared between processes is a second
+implementation of the same methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .connection import Connection
+
+__all__ = ["SessionRegistry"]
+
+logger = logging.getLogger(__name__)
+
+
+class SessionRegistry:
+    """The sessions of one server process.
+
+    Args:
+        ttl: seconds a session with no WebSocket and no HTTP activity lives on.
+        max_sessions: live sessions at most; past it the longest-idle detached one ends.
+        buffer_size: packets each session keeps for its peer while it is away.
+        request_timeout: the default timeout of requests sent through a session.
+        on_end: called with each session that ends (expired, closed, evicted).
+        clock: monotonic seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 300.0,
+        max_sessions: int = 10_000,
+        buffer_size: int = 1000,
+        request_timeout: float | None = 30.0,
+        on_end: Callable[[Connection], None] = lambda connection: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.max_sessions = max_sessions
+        self.buffer_size = buffer_size
+        self.request_timeout = request_timeout
+        self._on_end = on_end
+        self._clock = clock
+        self._sessions: dict[str, Connection] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._sessions.values()))
+
+    def _expired(self, session: Connection, now: float) -> bool:
+        return session.peer is None and session.polls == 0 and now - session.last_active > self.ttl
+
+    def get(self, key: str | None) -> Connection | None:
+        """The live session with this key, or None (unknown, ended or expired)."""
+        if not key:
+            return None
+        session = self._sessions.get(key)
+        if session is not None and self._expired(session, self._clock()):
+            self.end(session)
+            return None
+        return session
+
+    def open(
+        self, principal: Any, remote_address: tuple[str, int] | None, headers: Mapping[str, str]
+    ) -> Connection:
+        """Open a new session (ending the longest-idle detached one when at the bound).
+
+        Raises:
+            OverflowError: every session is attached and the bound is reached.
+        """
+        if len(self._sessions) >= self.max_sessions:
+            self.sweep()
+        if len(self._sessions) >= self.max_sessions:
+            idle = [s for s in self._sessions.values() if s.peer is None and s.polls == 0]
+            if not idle:
+                raise OverflowError(f"{self.max_sessions} sessions are live, all attached")
+            self.end(min(idle, key=lambda s: s.last_active))
+        key = secrets.token_urlsafe(24)
+        session = Connection(
+            session=key,
+            principal=principal,
+            remote_address=remote_address,
+            headers=headers,
+            request_timeout=self.request_timeout,
+            buffer_size=self.buffer_size,
+        )
+        session.last_active = self._clock()
+        self._sessions[key] = session
+        logger.debug("session %r opened", session)
+        return session
+
+    def touch(self, session: Connection) -> None:
+        """Note activity (an HTTP call, a detach): the session's idle clock restarts."""
+        session.last_active = self._clock()
+
+    def end(self, session: Connection) -> None:
+        """End a session now (idempotent)."""
+        if self._sessions.get(session.session) is session:
+            del self._sessions[session.session]
+            session.end()
+            logger.debug("session %r ended", session)
+            self._on_end(session)
+
+    def sweep(self) -> int:
+        """End every expired session. Returns how many ended."""
+        now = self._clock()
+        expired = [s for s in self._sessions.values() if self._expired(s, now)]
+        for session in expired:
+            self.end(session)
+        return len(expired)
+
+    def end_all(self) -> None:
+        """End every session (the server is stopping)."""
+        for session in list(self._sessions.values()):
+            self.end(session)
