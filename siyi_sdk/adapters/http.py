@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -216,12 +217,12 @@ class HttpAdapter(Adapter):
         delay = state.next_action.sleep if state.next_action else 0.0
         logger.info("%s: polling failed (%s); retrying in %.2f s", self.name, exc, delay)
 
-    async def _poll(self, after: str | None) -> list[Any]:
-        url = f"{self.events_url}?wait={self.poll_wait:g}"
-        if after is not None:
-            url += "&after=" + after
-        # The server may hold the poll for poll_wait seconds: allow that on top of a call.
-        limit = None if self.request_timeout is None else self.poll_wait + self.request_timeout
+    async def _poll(self, after: str | None, wait: float) -> list[Any]:
+        # Always `after` (empty before anything was handled): a poll then consumes nothing
+        # until the next one acknowledges it, so an answer lost on the way loses nothing.
+        url = f"{self.events_url}?wait={wait:g}&after={quote(after or '', safe='')}"
+        # The server may hold the poll for `wait` seconds: allow that on top of a call.
+        limit = None if self.request_timeout is None else wait + self.request_timeout
         status, body = await self._call("GET", url, limit)
         if status != 200:
             try:
@@ -238,7 +239,11 @@ class HttpAdapter(Adapter):
 
     async def _poll_forever(self) -> None:
         after: str | None = None
+        polled = False
         while True:
+            # Until a poll has come back with the session key, polls return at once: a long
+            # one lost on the way would strand the client on a session it cannot name.
+            wait = self.poll_wait if polled or self.session.key is not None else 0.0
             async for attempt in backoff(
                 self.reconnect_interval,
                 self.max_reconnect_interval,
@@ -249,12 +254,15 @@ class HttpAdapter(Adapter):
                 with attempt:
                     if not self._checked:
                         await self._check_protocol()
-                    packets = await self._poll(after)
+                    packets = await self._poll(after, wait)
+            polled = True
             for raw in packets:
                 try:
                     packet = parse_object(raw)
                 except ProtocolError as exc:
                     logger.warning("%s: a polled packet is invalid: %s", self.name, exc)
+                    if exc.packet_id is not None:
+                        after = exc.packet_id  # acknowledged: it must not come back forever
                     continue
                 if isinstance(packet, Event):
                     await self.handle_event(packet)

@@ -159,6 +159,8 @@ class ProtocolServer:
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._stopping_task: asyncio.Future[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._app: web.Application | None = None
 
     # Registration ---------------------------------------------------------------------------
@@ -291,7 +293,7 @@ class ProtocolServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        self._spawn(self._sweep_sessions())
+        self._sweeper = asyncio.create_task(self._sweep_sessions())
         logger.info("serving on ws://%s:%d%s", self.host, self.port, self.path)
 
     async def start(self) -> None:
@@ -306,13 +308,17 @@ class ProtocolServer:
         seconds to finish and send their Responses; then every WebSocket is closed with 1001
         (going away) and the port is released.
         """
-        runner = self._runner
-        if runner is None:
+        if self._runner is None:
             return
-        if self._stopping:
-            await self._stopped.wait()  # another stop() is under way
-            return
+        if self._stopping_task is None:
+            self._stopping_task = asyncio.ensure_future(self._stop(self._runner))
+        # Shielded: a caller that gives up waiting must not leave the server half stopped.
+        await asyncio.shield(self._stopping_task)
+
+    async def _stop(self, runner: web.AppRunner) -> None:
         self._stopping = True
+        for session in self.sessions:
+            session.wake()  # a long poll of /events is answered now, not held until cut off
         running = {t for peer in self._peers for t in peer.handling}
         running |= self._http_calls
         if running:
@@ -327,11 +333,17 @@ class ProtocolServer:
             return_exceptions=True,
         )
         await runner.cleanup()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.sessions.end_all()
+        # What is left (connect and session-end handlers) gets the same grace as requests.
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=self.shutdown_timeout)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        self.sessions.end_all()
         self._runner = None
+        self._stopping_task = None
         self._stopped.set()
         logger.info("server stopped")
 
@@ -741,7 +753,8 @@ class ProtocolServer:
             wait = min(float(request.query.get("wait", "0")), 300.0)
         except ValueError:
             return self._refusal(400, StatusCode.BAD_REQUEST, "bad request: 'wait' is seconds")
-        after = request.query.get("after") or None
+        # An empty `after` acknowledges nothing yet: unlike no `after`, it consumes nothing.
+        after = request.query.get("after")
         session.receives = True
         session.polls += 1  # a poll under way is activity: the session cannot expire
         try:

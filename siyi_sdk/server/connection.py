@@ -100,7 +100,9 @@ class Connection:
         """Keep an encoded packet for the peer's return; the oldest goes when full."""
         if self.ended:
             return
-        if len(self._buffer) >= self._buffer_size:
+        # Not while a peer that came back is being replayed to: what waits is on its way to a
+        # connected peer, whose session event already said how many were dropped.
+        while not self._replaying and len(self._buffer) >= self._buffer_size:
             self._buffer.popleft()
             self.dropped += 1
         self._buffer.append((packet_id, frame))
@@ -205,6 +207,10 @@ class Connection:
         if not buf:
             self._arrived.clear()
         return frames
+
+    def wake(self) -> None:
+        """Make every poll waiting in `wait_for_packets` return now (the server is stopping)."""
+        self._arrived.set()
 
     async def wait_for_packets(self, timeout: float) -> None:
         """Return when the buffer has something, or after `timeout` seconds."""
