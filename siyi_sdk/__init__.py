@@ -58,7 +58,8 @@ from .packets import (
     encode,
     parse_message,
 )
-from .server import Connection, ProtocolServer
+from .server import Connection, ProtocolServer, StoredFile
+from .upload import FileInfo
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -76,6 +77,7 @@ __all__ = [
     "Echo",
     "Event",
     "EventModel",
+    "FileInfo",
     "ForbiddenError",
     "GameStatus",
     "GetPlayerList",
@@ -101,6 +103,7 @@ __all__ = [
     "ResponsePacket",
     "SiyiError",
     "StatusCode",
+    "StoredFile",
     "TooLargeError",
     "TransportError",
     "UnauthorizedError",

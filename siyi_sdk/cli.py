@@ -5,15 +5,18 @@ Subcommands::
     siyi serve [--host 127.0.0.1] [--port 8765] [--heartbeat 30]   the demo game server
     siyi call URL COMMAND [JSON]     one request; prints the Response as one JSON line
     siyi listen URL                  prints each event the server sends as one JSON line
+    siyi upload URL FILE             uploads a file; prints what the server stored as JSON
     siyi demo                        a server and two clients in one process, narrated
 
 `call` speaks WebSocket to a ``ws://`` or ``wss://`` URL (one connection attempt, no
 reconnection) and HTTP to an ``http://`` or ``https://`` URL (``POST {URL}/general``).
+`upload` uses the upload WebSocket (``ws://``) or ``POST {URL}/upload`` (``http://``), resumes
+after drops, and draws a progress bar on stderr.
 
-Exit codes: 0 success; 1 the server answered with an error Response (`call`) or the demo saw
-something it did not expect; 2 no answer (the server cannot be reached, the connection dropped,
-the request timed out) or bad usage; 130 interrupted (`call`, `demo`). `serve` and `listen`
-run until Ctrl+C (or SIGTERM) and then exit 0.
+Exit codes: 0 success; 1 the server answered with an error Response (`call`), refused the upload
+(`upload`), or the demo saw something it did not expect; 2 no answer (the server cannot be
+reached, the connection dropped, the request timed out) or bad usage; 130 interrupted (`call`,
+`upload`, `demo`). `serve` and `listen` run until Ctrl+C (or SIGTERM) and then exit 0.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -36,8 +40,9 @@ from ._version import __version__
 from .adapters.http import HttpAdapter
 from .client import ProtocolClient
 from .demo import DemoFailedError, create_game_server, run_demo
-from .errors import RequestTimeoutError, TransportError
+from .errors import ApiError, RequestTimeoutError, TransportError
 from .packets import PROTOCOL_VERSION, Event, Request, Response, encode
+from .upload import FileInfo, UploadSource
 
 __all__ = ["EXIT_ERROR_RESPONSE", "EXIT_INTERRUPTED", "EXIT_NO_ANSWER", "EXIT_OK", "main"]
 
@@ -145,6 +150,29 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("url", metavar="URL", help="ws://HOST:PORT")
     _add_connection_options(listen)
     listen.set_defaults(run=_listen, log_level=logging.WARNING)
+
+    upload = commands.add_parser(
+        "upload",
+        help="upload a file and print what the server stored as JSON",
+        description="Upload FILE on a connection of its own: the upload WebSocket for ws://, "
+        "POST /upload for http://. It resumes where it stopped after a drop. A progress bar "
+        "goes to stderr, the stored file's description (file_id, name, size, md5, sha256) "
+        "to stdout as one JSON line. Exit code: 0 stored, 1 refused (digest, size limit, key), "
+        "2 no answer.",
+    )
+    upload.add_argument(
+        "url", metavar="URL", help="ws://HOST:PORT (WebSocket) or http://HOST:PORT (POST /upload)"
+    )
+    upload.add_argument("file", metavar="FILE", help="the file to upload ('-' reads stdin)")
+    upload.add_argument("--name", help="the name to store it under (default: FILE's name)")
+    upload.add_argument(
+        "--upload-id",
+        metavar="ID",
+        help="the upload's id: pass the one of an interrupted upload to resume it",
+    )
+    upload.add_argument("--no-progress", action="store_true", help="draw no progress bar")
+    _add_connection_options(upload)
+    upload.set_defaults(run=_upload, log_level=logging.WARNING)
 
     demo = commands.add_parser(
         "demo",
@@ -390,6 +418,92 @@ async def _listen(args: argparse.Namespace) -> int:
 
     code = await _until_signal(listen())
     return EXIT_OK if code is None else code
+
+
+# upload ------------------------------------------------------------------------------------------
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+class _ProgressBar:
+    """A one-line text progress bar, redrawn in place on `stream` at each whole percent."""
+
+    def __init__(self, stream: IO[str], width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self._drawn = -1
+
+    def __call__(self, sent: int, total: int) -> None:
+        percent = sent * 100 // total if total else 100
+        if percent == self._drawn:
+            return
+        self._drawn = percent
+        filled = self.width * percent // 100
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {percent:3d}% {_mib(sent)} of {_mib(total)}")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self._drawn >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = -1
+
+
+async def _send_file(
+    args: argparse.Namespace, source: UploadSource, bar: _ProgressBar | None
+) -> FileInfo:
+    scheme = urlsplit(args.url).scheme.lower()
+    options: dict[str, Any] = {"name": args.name, "progress": bar, "upload_id": args.upload_id}
+    if scheme in _WEBSOCKET_SCHEMES:
+        client = ProtocolClient(
+            args.url,
+            request_timeout=args.timeout,
+            connect_timeout=args.timeout,
+            headers=_headers(args),
+        )
+        try:  # the upload has a connection of its own: the packet channel is not opened
+            return await client.upload(source, **options)
+        finally:
+            await client.close()
+    async with HttpAdapter(
+        args.url, request_timeout=args.timeout, headers=_headers(args)
+    ) as adapter:
+        return await adapter.upload(source, **options)
+
+
+async def _upload(args: argparse.Namespace) -> int:
+    scheme = urlsplit(args.url).scheme.lower()
+    if scheme not in _WEBSOCKET_SCHEMES + _HTTP_SCHEMES:
+        _tell(args, f"unsupported URL {args.url!r}: use ws://, wss://, http:// or https://")
+        return EXIT_NO_ANSWER
+    source: UploadSource
+    if args.file == "-":
+        source = sys.stdin.buffer
+    else:
+        source = Path(args.file)
+        if not source.is_file():
+            _tell(args, f"no such file: {args.file}")
+            return EXIT_NO_ANSWER
+    bar = None if args.no_progress else _ProgressBar(sys.stderr)
+    try:
+        info = await _send_file(args, source, bar)
+    except ApiError as exc:
+        if bar is not None:
+            bar.end()
+        _tell(args, f"the server refused the upload: {exc}")
+        return EXIT_ERROR_RESPONSE
+    except (OSError, aiohttp.ClientError, TimeoutError) as exc:  # TransportError is an OSError
+        if bar is not None:
+            bar.end()
+        _tell(args, f"cannot upload to {args.url}: {_describe(exc, args.timeout)}")
+        return EXIT_NO_ANSWER
+    if bar is not None:
+        bar.end()
+    print(orjson.dumps(info.model_dump()).decode(), flush=True)
+    return EXIT_OK
 
 
 # demo --------------------------------------------------------------------------------------------

@@ -77,7 +77,8 @@ class TcpProxy:
         for transport in list(self._transports):
             transport.abort()
         # Aborted transports end their pumps; the link handlers then return on their own.
-        await asyncio.gather(*list(self._handlers), return_exceptions=True)
+        # Shielded: a cut() that is itself cancelled must not cancel the proxy's own links.
+        await asyncio.shield(asyncio.gather(*list(self._handlers), return_exceptions=True))
         if server is not None:
             await server.wait_closed()
 

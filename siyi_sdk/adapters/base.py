@@ -7,7 +7,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self, TypeAlias
+from typing import TYPE_CHECKING, Self, TypeAlias
 
 from tenacity import (
     AsyncRetrying,
@@ -28,6 +28,9 @@ from ..packets import (
     StatusCode,
 )
 from ..peer import call_event_handler, call_request_handler
+
+if TYPE_CHECKING:
+    from ..upload import FileInfo, UploadProgress, UploadSource
 
 __all__ = [
     "Adapter",
@@ -125,10 +128,14 @@ class Adapter(ABC):
     Attributes:
         mode: SEND (the default), RECEIVE, or both.
         priority: higher is preferred by an AdapterManager (default 0).
+        upload_path: the server's upload endpoint, for adapters that can `upload`.
+        upload_attempts: attempts at one upload (the first and its resumes) before giving up.
     """
 
     mode: AdapterMode = AdapterMode.SEND
     priority: int = 0
+    upload_path: str = "/upload"
+    upload_attempts: int = 5
 
     # Class-level defaults so that a subclass needs no constructor of its own.
     _request_handler: ClientRequestHandler | None = None
@@ -173,6 +180,23 @@ class Adapter(ABC):
             TransportError: this adapter cannot carry events, or the transport failed.
         """
         raise TransportError(f"{self.name} cannot send events")
+
+    async def upload(
+        self,
+        source: UploadSource,
+        *,
+        name: str | None = None,
+        progress: UploadProgress | None = None,
+        upload_id: str | None = None,
+    ) -> FileInfo:
+        """Upload a file to the server on a connection of its own (PROTOCOL.md §8).
+
+        The built-in WebSocket and HTTP adapters implement it; this default cannot upload.
+
+        Raises:
+            TransportError: this adapter cannot upload (an AdapterManager tries the next).
+        """
+        raise TransportError(f"{self.name} cannot upload files")
 
     async def start(self) -> None:
         """Open whatever the adapter needs (no-op by default)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -31,6 +31,9 @@ from ..packets import (
     parse_object,
 )
 from .base import Adapter, AdapterMode, backoff, check_protocol
+
+if TYPE_CHECKING:
+    from ..upload import FileInfo, UploadProgress, UploadSource
 
 __all__ = ["HttpAdapter"]
 
@@ -209,6 +212,46 @@ class HttpAdapter(Adapter):
         ack = await self._post(event, self.request_timeout)
         if not ack.ok:
             raise error_for_response(ack)
+
+    async def upload(
+        self,
+        source: UploadSource,
+        *,
+        name: str | None = None,
+        progress: UploadProgress | None = None,
+        upload_id: str | None = None,
+    ) -> FileInfo:
+        """Upload a file with ``POST {base_url}/upload``, streaming the raw body.
+
+        The digest travels in a header (``X-Siyi-File-MD5``), and headers precede the body:
+        the file is therefore read twice, once to hash it and once to send it (the WebSocket
+        channel of `ProtocolClient.upload` reads it once). It runs on a connection of its own.
+        After a drop the upload resumes where the server stopped (``GET /upload/{id}``, then
+        a ``Content-Range`` part), with backoff, `upload_attempts` times in all.
+
+        Args:
+            source: a path, bytes, a binary file object, or an async iterator of bytes (a
+                stream that cannot seek is spooled to a temporary file first).
+            name: the file's name (default: the path's or file object's name, else "upload");
+                the server sanitises it.
+            progress: ``progress(sent_bytes, total_bytes)``, sync or async.
+            upload_id: the upload's id (default: a new UUID4); pass the id of an upload that
+                was interrupted earlier, even in another process, to resume it.
+
+        Returns:
+            What the server stored.
+
+        Raises:
+            BadRequestError: the server found a digest or size mismatch (it kept nothing).
+            TooLargeError: the file is over the server's limit.
+            UnauthorizedError: the server refused the key.
+            BusyError: another part of the same upload kept running on the server.
+            TransportError: the server could not be reached, or every attempt was cut.
+        """
+        # Imported here: siyi_sdk.upload builds on this package.
+        from ..upload import http_upload
+
+        return await http_upload(self, source, name=name, progress=progress, upload_id=upload_id)
 
     # Receiving -------------------------------------------------------------------------------
 

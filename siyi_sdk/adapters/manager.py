@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 
 from ..errors import AllAdaptersFailedError, RequestTimeoutError, TransportError
 from ..packets import Event, RequestPacket, ResponsePacket
 from .base import Adapter, AdapterMode
+
+if TYPE_CHECKING:
+    from ..upload import FileInfo, UploadProgress, UploadSource
 
 __all__ = ["AdapterManager"]
 
@@ -163,6 +167,37 @@ class AdapterManager(Adapter):
             AllAdaptersFailedError: every SEND adapter failed or was down.
         """
         await self._through_best(lambda adapter: adapter.send_event(event))
+
+    async def upload(
+        self,
+        source: UploadSource,
+        *,
+        name: str | None = None,
+        progress: UploadProgress | None = None,
+        upload_id: str | None = None,
+    ) -> FileInfo:
+        """Upload through the best available adapter that can, failing over like requests.
+
+        Every adapter tried gets the same upload id, so the next one resumes where the
+        previous one was cut off (the server says how much it has). A stream that cannot
+        seek is spooled to a temporary file first, so that each adapter can read it.
+        Arguments, result and errors are those of `WebSocketAdapter.upload`.
+
+        Raises:
+            AllAdaptersFailedError: no adapter could carry the upload.
+        """
+        from ..upload import replayable  # here: siyi_sdk.upload builds on this package
+
+        upload_id = upload_id or str(uuid.uuid4())
+        async with replayable(source, name) as (replay, replay_name, rewind):
+
+            async def attempt(adapter: Adapter) -> FileInfo:
+                rewind()
+                return await adapter.upload(
+                    replay, name=replay_name, progress=progress, upload_id=upload_id
+                )
+
+            return await self._through_best(attempt)
 
     async def handle_event(self, event: Event) -> None:
         """Deliver an event once to the manager's handlers, whichever adapter carried it."""

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import aiohttp
 from tenacity import RetryCallState
@@ -28,6 +29,9 @@ from ..packets import (
 )
 from ..peer import Peer
 from .base import Adapter, AdapterMode, backoff, check_protocol
+
+if TYPE_CHECKING:
+    from ..upload import FileInfo, UploadProgress, UploadSource
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "WebSocketAdapter"]
 
@@ -170,6 +174,47 @@ class WebSocketAdapter(Adapter):
         if peer is None:
             raise NotConnectedError(f"not connected to {self.url}")
         await peer.send(event)
+
+    async def upload(
+        self,
+        source: UploadSource,
+        *,
+        name: str | None = None,
+        progress: UploadProgress | None = None,
+        upload_id: str | None = None,
+    ) -> FileInfo:
+        """Upload a file over a WebSocket of its own, ``ws(s)://host:port/upload``.
+
+        The packet channel is not used (nor needed): requests keep flowing beside the upload.
+        The file is read once, hashed (MD5) while it streams; the digest goes in a last text
+        frame. After a drop the upload resumes where the server stopped (it is asked over
+        HTTP, ``GET /upload/{id}``), with backoff, `upload_attempts` times in all.
+
+        Args:
+            source: a path, bytes, a binary file object, or an async iterator of bytes (a
+                stream that cannot seek is spooled to a temporary file first).
+            name: the file's name (default: the path's or file object's name, else "upload");
+                the server sanitises it.
+            progress: ``progress(sent_bytes, total_bytes)``, sync or async.
+            upload_id: the upload's id (default: a new UUID4); pass the id of an upload that
+                was interrupted earlier, even in another process, to resume it.
+
+        Returns:
+            What the server stored.
+
+        Raises:
+            BadRequestError: the server found a digest or size mismatch (it kept nothing).
+            TooLargeError: the file is over the server's limit.
+            UnauthorizedError: the server refused the key.
+            BusyError: another part of the same upload kept running on the server.
+            TransportError: the server could not be reached, or every attempt was cut.
+        """
+        # Imported here: siyi_sdk.upload builds on this package.
+        from ..upload import websocket_upload
+
+        return await websocket_upload(
+            self, source, name=name, progress=progress, upload_id=upload_id
+        )
 
     async def start(self) -> None:
         """Make the first connection attempt, then keep reconnecting in the background.

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from pydantic import ValidationError
 
@@ -15,6 +15,9 @@ from ..errors import InvalidResultError, RequestTimeoutError, error_for_response
 from ..packets import Event, Request, Response, format_validation_error
 from .command import Command, EventModel, ResultT
 from .commands import Echo, GameStatus, GetPlayerList, GetStatus
+
+if TYPE_CHECKING:
+    from ..upload import FileInfo, UploadProgress, UploadSource
 
 __all__ = ["Api"]
 
@@ -114,6 +117,32 @@ class Api:
         else:
             packet = Event(name=event, data=data)
         await self.sender.send_event(packet)
+
+    async def upload(
+        self,
+        source: UploadSource,
+        *,
+        name: str | None = None,
+        progress: UploadProgress | None = None,
+        upload_id: str | None = None,
+    ) -> FileInfo:
+        """Upload a file through the adapter (`sender.upload`), on a connection of its own.
+
+        Args:
+            source: a path, bytes, a binary file object, or an async iterator of bytes.
+            name: the file's name (the server sanitises it).
+            progress: ``progress(sent_bytes, total_bytes)``, sync or async.
+            upload_id: the id of an earlier, interrupted upload to resume (default: new).
+
+        Returns:
+            What the server stored.
+
+        Raises:
+            BadRequestError: a digest or size mismatch (the server kept nothing).
+            TooLargeError: over the server's limit.
+            TransportError: the adapter cannot upload, or the upload could not get through.
+        """
+        return await self.sender.upload(source, name=name, progress=progress, upload_id=upload_id)
 
     def on_event(
         self, model: type[EventT]

@@ -10,7 +10,9 @@ import asyncio
 import hmac
 import inspect
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeAlias, TypeVar, overload
 
@@ -39,6 +41,7 @@ from .connection import Connection
 from .routing import Route
 from .sessions import SessionRegistry
 from .state import MemoryResponseCache, ResponseCache
+from .uploads import UploadHandler, Uploads
 
 __all__ = ["ProtocolServer"]
 
@@ -95,6 +98,11 @@ class ProtocolServer:
         session_ttl: seconds a session with no WebSocket and no HTTP activity lives on.
         session_buffer: packets kept per session while its peer is away (oldest dropped).
         max_sessions: live sessions at most; past it the longest-idle detached one ends.
+        upload_dir: where uploaded files are stored (PROTOCOL.md §8; see `Uploads`). None: a
+            temporary directory created on start and removed on stop.
+        max_upload_size: the largest upload accepted, in bytes (413 beyond).
+        upload_resume_ttl: seconds a partial upload waits to be resumed before it is removed.
+        upload_path: the path of the upload endpoints (POST, WebSocket, GET ``/{id}``).
     """
 
     def __init__(
@@ -119,6 +127,10 @@ class ProtocolServer:
         session_ttl: float = 300.0,
         session_buffer: int = 1000,
         max_sessions: int = 10_000,
+        upload_dir: str | os.PathLike[str] | None = None,
+        max_upload_size: int = 100 * 1024 * 1024,
+        upload_resume_ttl: float = 600.0,
+        upload_path: str = "/upload",
     ) -> None:
         self.host = host
         self._port = port
@@ -162,6 +174,13 @@ class ProtocolServer:
         self._stopping_task: asyncio.Future[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._app: web.Application | None = None
+        self.uploads = Uploads(
+            self,
+            directory=upload_dir,
+            max_size=max_upload_size,
+            resume_ttl=upload_resume_ttl,
+            path=upload_path,
+        )
 
     # Registration ---------------------------------------------------------------------------
 
@@ -207,6 +226,15 @@ class ProtocolServer:
         self._session_end_handlers.append(handler)
         return handler
 
+    def on_upload(self, handler: UploadHandler) -> UploadHandler:
+        """Add a handler run after each successful upload; usable as a decorator.
+
+        ``handler(connection, stored_file)``, sync or async: `stored_file` is a `FileInfo`
+        with the file's `path`. It runs in the background once the file is stored (the
+        client's answer does not wait for it); an exception it raises is logged.
+        """
+        return self.uploads.on_upload(handler)
+
     @overload
     def command(self, command: type[Command[Any]]) -> Callable[[HandlerT], HandlerT]: ...
 
@@ -250,6 +278,11 @@ class ProtocolServer:
         return self._port
 
     @property
+    def upload_dir(self) -> Path | None:
+        """Where uploads are stored (a temporary directory's path once started, if not set)."""
+        return self.uploads.directory
+
+    @property
     def connections(self) -> list[Connection]:
         """The peers with a WebSocket open now."""
         return [c for c in self.sessions if c.is_connected]
@@ -267,6 +300,7 @@ class ProtocolServer:
             app.router.add_post(self.general_path, self._general)
             app.router.add_get(self.about_path, self._about)
             app.router.add_get(self.events_path, self._events)
+            self.uploads.setup(app)
             self._app = app
         return self._app
 
