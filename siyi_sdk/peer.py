@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType
@@ -32,6 +33,15 @@ logger = logging.getLogger(__name__)
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
+
+
+class _Expired(Exception):
+    """Set on a request's future when its timeout runs out."""
+
+
+def _expire(future: asyncio.Future[Response]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
 
 
 class WebSocketLike(Protocol):
@@ -106,6 +116,25 @@ async def call_event_handler(handler: Callable[..., Any], args: tuple[Any, ...],
             await result
     except Exception:
         logger.exception("handler for event %r raised", name)
+
+
+def start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Start a request's task; on Python 3.12+ its first step runs at once (eager start).
+
+    Most handlers answer without ever waiting; an eagerly started task then finishes before
+    this returns and costs no trip through the event loop. The task is real either way, so
+    `asyncio.current_task()` (used by `asyncio.timeout`, the handler deadline, client
+    libraries) is right. Python 3.11 has no eager start: there the task runs on the next turn.
+
+    Returns:
+        The task, or None if it already finished.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.Task(coro, loop=loop, **_EAGER)
+    return None if task.done() else task
+
+
+_EAGER: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
 
 
 def encode_response(response: Response) -> bytes:
@@ -215,21 +244,22 @@ class Peer:
         rid = request.id
         if rid in self._pending:
             raise ValueError(f"a request with id {rid!r} is already in flight")
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response] = loop.create_future()
         self._pending[rid] = future
+        # One timer handle, not an asyncio.timeout() context: this is the client's hot path.
+        timer = None if timeout is None else loop.call_later(timeout, _expire, future)
         try:
             await self.send_raw(encode(request))
-            if timeout is None:
-                return await future
-            try:
-                async with asyncio.timeout(timeout):
-                    return await future
-            except TimeoutError:
-                raise RequestTimeoutError(
-                    f"no response to {request.command!r} within {timeout:g} s"
-                ) from None
+            return await future
+        except _Expired:
+            raise RequestTimeoutError(
+                f"no response to {request.command!r} within {timeout:g} s"
+            ) from None
         finally:
             del self._pending[rid]
+            if timer is not None:
+                timer.cancel()
 
     async def close(self, code: int = 1000, message: str = "") -> None:
         """Close the WebSocket with `code`; `run()` then returns."""
@@ -307,9 +337,10 @@ class Peer:
                     )
                 )
                 return
-            task = asyncio.create_task(self._answer(packet))
-            self.handling.add(task)
-            task.add_done_callback(self.handling.discard)
+            task = start_task(self._answer(packet))
+            if task is not None:
+                self.handling.add(task)
+                task.add_done_callback(self.handling.discard)
         else:
             assert type(packet) is Event
             self._events.append(packet)
