@@ -20,6 +20,9 @@ from siyi_sdk import (
     encode,
     parse_message,
 )
+from siyi_sdk.packets import parse_object
+
+ValidationError = pydantic.ValidationError
 
 SEED_ID = "f47ac10b-58cc-4372-a567-0e02b2c3d479"
 
@@ -315,3 +318,78 @@ def test_encode_serialises_pydantic_models_in_data() -> None:
 def test_encode_refuses_what_json_cannot_carry() -> None:
     with pytest.raises(TypeError):
         encode(Response.success("r1", object()))
+
+
+# The hot path checks well-formed packets by hand: it must agree with pydantic everywhere.
+SAMPLES: list[dict[str, Any]] = [
+    {"id": "r1", "type": "request", "command": "echo", "params": {"a": [1, {"b": None}]}},
+    {"id": "r2", "type": "request", "command": "echo", "params": None},
+    {"id": "r3", "type": "request", "command": "echo"},
+    {"id": "r4", "type": "request", "command": "echo", "extra": 1},
+    {"id": "r5", "type": "request", "command": "", "params": {}},
+    {"id": "r6", "type": "request", "command": 7},
+    {"id": "r7", "type": "request", "command": "echo", "params": [1]},
+    {"id": "x" * 128, "type": "request", "command": "echo"},
+    {"id": "x" * 129, "type": "request", "command": "echo"},
+    {"id": "", "type": "request", "command": "echo"},
+    {"id": 5, "type": "request", "command": "echo"},
+    {"id": "s1", "type": "response", "status": "ok", "code": 0, "data": [1, 2]},
+    {"id": "s2", "type": "response", "status": "ok", "data": None},
+    {"id": "s3", "type": "response", "status": "ok", "code": None, "data": 1},
+    {"id": "s4", "type": "response", "status": "error", "code": 404, "error": "nope"},
+    {"id": "s5", "type": "response", "status": "error", "error": "old form"},
+    {"id": "s6", "type": "response", "status": "error", "code": 1004},
+    {"id": None, "type": "response", "status": "error", "code": 400, "error": "bad"},
+    {"id": "s7", "type": "response", "status": "ok", "code": 3},
+    {"id": "s8", "type": "response", "status": "error", "code": 0, "error": "x"},
+    {"id": "s9", "type": "response", "status": "maybe", "code": 0},
+    {"id": "s10", "type": "response", "status": "ok", "code": 0.0},
+    {"id": "s11", "type": "response", "status": "ok", "code": True},
+    {"id": "s12", "type": "response", "status": "error", "code": 500, "error": 7},
+    {"id": "s13", "type": "response", "status": "ok", "code": 0, "error": "kept"},
+    {"id": "e1", "type": "event", "name": "player_joined", "data": {"p": "H"}},
+    {"id": "e2", "type": "event", "name": "tick"},
+    {"id": "e3", "type": "event", "name": ""},
+    {"id": "e4", "type": "event", "name": None},
+]
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=[str(s.get("id"))[:8] for s in SAMPLES])
+def test_the_fast_path_agrees_with_pydantic(sample: dict[str, Any]) -> None:
+    models: dict[str, type[Request] | type[Response] | type[Event]] = {
+        "request": Request,
+        "response": Response,
+        "event": Event,
+    }
+    model = models[sample["type"]]
+    try:
+        expected: Any = model.model_validate(sample)
+    except ValidationError:
+        expected = None
+    try:
+        got: Any = parse_object(dict(sample))
+    except ProtocolError:
+        got = None
+    if expected is None:
+        assert got is None, f"{sample} was accepted by the fast path, refused by pydantic"
+        return
+    if not (isinstance(sample["id"], str) and 0 < len(sample["id"]) <= 128) and (
+        sample["type"] != "response"
+    ):
+        assert got is None  # no usable id: refused before any model is tried
+        return
+    assert got is not None, f"{sample} was refused by the fast path, accepted by pydantic"
+    assert type(got) is type(expected)
+    assert got == expected
+    assert got.model_dump() == expected.model_dump()
+    assert encode(got) == encode(expected)
+
+
+def test_fast_constructors_agree_with_validation() -> None:
+    assert Response.success("a", [1]) == Response(id="a", status="ok", code=0, data=[1])
+    assert Response.success(None) == Response(id=None, status="ok")
+    assert Response.fail("a", "no", 404) == Response(id="a", status="error", code=404, error="no")
+    with pytest.raises(ValidationError):
+        Response.fail("a", "no", 0)
+    with pytest.raises(ValidationError):
+        Response.success("x" * 129)
