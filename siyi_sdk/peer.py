@@ -173,8 +173,10 @@ class Peer:
         max_in_flight: int = 1000,
         label: str = "peer",
         on_response: Callable[[Response], bool] | None = None,
+        transport: asyncio.BaseTransport | None = None,
     ) -> None:
         self._ws = ws
+        self._transport = transport
         self._on_response = on_response
         self._on_request = on_request
         self._on_event = on_event
@@ -193,6 +195,19 @@ class Peer:
     def closed(self) -> bool:
         """True once the connection has dropped or been closed."""
         return self._closed or self._ws.closed
+
+    def can_send_at_once(self, size: int) -> bool:
+        """True when sending `size` bytes now cannot wait for the peer to read.
+
+        aiohttp's send waits only when the socket's buffer went over its high-water mark; a
+        frame that keeps it under the low-water mark never does. Without a known transport
+        (the client side) it answers True.
+        """
+        transport = self._transport
+        if not isinstance(transport, asyncio.WriteTransport):
+            return True
+        low, _ = transport.get_write_buffer_limits()
+        return transport.get_write_buffer_size() + size < low
 
     @property
     def close_code(self) -> int | None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import aiohttp
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -302,3 +303,42 @@ async def test_stop_lets_our_client_get_its_answer(make_client: ClientFactory) -
     finally:
         release.set()
         await server.stop()
+
+
+async def test_a_client_that_does_not_read_holds_up_nobody(
+    server: ProtocolServer, make_client: ClientFactory
+) -> None:
+    """A peer whose socket is full gets its events queued, in order; the rest flow on."""
+    payload = "x" * 200_000  # big events fill a socket nobody reads within a few dozen
+    count = 120
+    reader = await make_client(ws_url(server))
+    got: asyncio.Queue[int] = asyncio.Queue()
+    reader.on_event(lambda event: got.put_nowait(event.data["i"]))
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url(server)) as stuck:
+        await wait_until(lambda: len(server.connections) == 2)
+        started = time.perf_counter()
+        for i in range(count):
+            # Each broadcast returns at once: nothing waits for the peer that does not read.
+            await wait_for(server.broadcast_event("big", {"i": i, "p": payload}), 1.0)
+        assert [await wait_for(got.get()) for _ in range(count)] == list(range(count))
+        assert time.perf_counter() - started < 5.0
+        [stuck_connection] = [
+            c
+            for c in server.connections
+            if c.headers.get("User-Agent", "") and c is not _connection_of(server, reader)
+        ]
+        assert stuck_connection.peer is not None
+        assert not stuck_connection.peer.can_send_at_once(1)  # it really was backed up
+        # Once it reads, it gets every event, in order, after the session event.
+        first = await stuck.receive(timeout=5)
+        assert json.loads(first.data)["name"] == "session"
+        for i in range(count):
+            msg = await stuck.receive(timeout=5)
+            assert json.loads(msg.data)["data"]["i"] == i
+
+
+def _connection_of(server: ProtocolServer, client: ProtocolClient) -> Connection | None:
+    for connection in server.connections:
+        if connection.session == client.session.key:
+            return connection
+    return None

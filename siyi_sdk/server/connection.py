@@ -74,6 +74,10 @@ class Connection:
         self._arrived = asyncio.Event()
         self._pending: dict[str, asyncio.Future[Response]] = {}
         self._replaying = False
+        # Frames for a WebSocket that does not read fast enough, sent in order by one task,
+        # so that a slow peer never makes a sender (a broadcast) wait.
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._writer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         state = "ended" if self.ended else ("attached" if self.is_connected else "detached")
@@ -118,12 +122,40 @@ class Connection:
             raise NotConnectedError(f"{self!r}: the session has ended")
         peer = self.peer
         if peer is not None and not peer.closed and not self._replaying:
+            if self._outbox or not peer.can_send_at_once(len(frame)):
+                self._queue(peer, packet_id, frame)
+                return
             try:
                 await peer.send_raw(frame)
                 return
             except (NotConnectedError, ConnectionClosedError):
                 pass  # it dropped just now: keep the packet for the peer's return
         self.buffer(packet_id, frame)
+
+    def _queue(self, peer: Peer, packet_id: str, frame: bytes) -> None:
+        outbox = self._outbox
+        outbox.append((packet_id, frame))
+        if len(outbox) > self._buffer_size:
+            outbox.popleft()
+            self.dropped += 1
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_outbox(peer))
+
+    async def _write_outbox(self, peer: Peer) -> None:
+        outbox = self._outbox
+        try:
+            while outbox:
+                frame = outbox[0][1]
+                try:
+                    await peer.send_raw(frame)
+                except (NotConnectedError, ConnectionClosedError):
+                    # Dropped: what was still queued waits in the buffer for its return.
+                    while outbox:
+                        self.buffer(*outbox.popleft())
+                    return
+                outbox.popleft()
+        finally:
+            self._writer = None
 
     async def send_event(self, name: str, data: Any = None) -> None:
         """Send an event to this peer, now or, while it is away, when it comes back.
