@@ -74,7 +74,7 @@ class ProtocolClient(WebSocketAdapter):
             ConnectionClosedError: the connection dropped before the Response came.
             RequestTimeoutError: no Response in time (an `asyncio.TimeoutError`).
         """
-        return await self.send_packet(Request(command=command, params=params), timeout=timeout)
+        return await self.send_packet(Request.make(command, params), timeout=timeout)
 
     async def send_event(self, name: str | Event, data: Any = None) -> None:
         """Send an event to the server.

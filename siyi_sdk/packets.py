@@ -122,6 +122,23 @@ class Request(BaseModel):
     command: str = Field(min_length=1)
     params: dict[str, Any] | None = None
 
+    @classmethod
+    def make(cls, command: str, params: dict[str, Any] | None = None) -> Request:
+        """Build a Request with a fresh id: what ``Request(command=..., params=...)`` builds.
+
+        The SDK's own senders use it: the arguments are checked by hand (then the model is
+        built without a second validation), and handed to pydantic when unusual.
+
+        Raises:
+            pydantic.ValidationError: `command` is empty or not a string, or `params` is not
+                a dict.
+        """
+        if type(command) is str and command and (params is None or type(params) is dict):
+            return _trusted(
+                cls, {"id": new_id(), "type": "request", "command": command, "params": params}
+            )
+        return cls(command=command, params=params)
+
 
 class Event(BaseModel):
     """A one-way notice; nobody answers it.

@@ -393,3 +393,14 @@ def test_fast_constructors_agree_with_validation() -> None:
         Response.fail("a", "no", 0)
     with pytest.raises(ValidationError):
         Response.success("x" * 129)
+
+
+def test_request_make_is_request_built_by_pydantic() -> None:
+    made = Request.make("echo", {"a": 1})
+    assert made == Request(id=made.id, command="echo", params={"a": 1})
+    assert uuid.UUID(made.id).version == 4
+    assert Request.make("echo").params is None
+    with pytest.raises(ValidationError):
+        Request.make("")
+    with pytest.raises(ValidationError):
+        Request.make("echo", [1])  # type: ignore[arg-type]

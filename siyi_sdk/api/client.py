@@ -101,7 +101,7 @@ class Api:
             TransportError: no adapter could carry it.
             RequestTimeoutError: no answer in time.
         """
-        response = await self.send_packet(Request(command=command, params=params), timeout=timeout)
+        response = await self.send_packet(Request.make(command, params), timeout=timeout)
         if not response.ok:
             raise error_for_response(response)
         return response.data

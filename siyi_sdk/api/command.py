@@ -87,7 +87,7 @@ class Command(BaseModel, Generic[ResultT]):
 
     def to_request(self) -> Request:
         """Build the Request packet for this command (with a fresh id)."""
-        return Request(command=self.command_name(), params=self.params())
+        return Request.make(self.command_name(), self.params())
 
 
 class EventModel(BaseModel):

@@ -184,7 +184,7 @@ class Connection:
             ConnectionClosedError: the WebSocket dropped before the answer came.
             RequestTimeoutError: no answer in time (an `asyncio.TimeoutError`).
         """
-        request = Request(command=command, params=params)
+        request = Request.make(command, params)
         timeout = self.request_timeout if timeout is None else timeout
         peer = self.peer
         if peer is not None and not peer.closed and not self._replaying:
