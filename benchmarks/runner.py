@@ -1,0 +1,884 @@
+"""The orchestrator: start servers and clients as separate processes, measure, print the table.
+
+Every server and every client is its own process (`benchmarks.servers`, `benchmarks.clients`)
+on 127.0.0.1; this process only steers them over their stdin/stdout and does the arithmetic.
+It never serves or sends a benchmark packet itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from .common import PAYLOAD_BYTES, have_module
+from .rows import ROW_BY_NAME, ROWS, Row
+
+__all__ = ["main"]
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+RESULTS: Final = Path(__file__).resolve().parent / "RESULTS.md"
+QUICK_RESULTS: Final = Path(__file__).resolve().parent / "RESULTS-quick.md"
+PHASES: Final = ("load", "broadcast", "idle", "big")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much of everything one mode runs."""
+
+    mode: str
+    repeats: int
+    warmup: int
+    seq_requests: int
+    par_requests: int
+    concurrency: int
+    broadcast_clients: int
+    broadcast_procs: int
+    broadcast_warmup: int
+    broadcast_repeats: int
+    idle_conns: int
+    idle_repeats: int
+    idle_heartbeat: float
+    idle_hold: float
+    big_conns: int | None
+    """None: the idle runs stand in for the big-idle figure (with `idle_conns`)."""
+    big_procs: int
+    big_repeats: int
+    big_heartbeat: float
+    big_hold: float
+
+
+PRESETS: Final = {
+    "full": Settings(
+        mode="full",
+        repeats=5,
+        warmup=1000,
+        seq_requests=5000,
+        par_requests=40000,
+        concurrency=64,
+        broadcast_clients=500,
+        broadcast_procs=2,
+        broadcast_warmup=3,
+        broadcast_repeats=9,
+        idle_conns=1000,
+        idle_repeats=3,
+        idle_heartbeat=30.0,
+        idle_hold=0.5,
+        big_conns=10000,
+        big_procs=2,
+        big_repeats=3,
+        big_heartbeat=5.0,
+        big_hold=8.0,
+    ),
+    "quick": Settings(
+        mode="quick",
+        repeats=3,
+        warmup=200,
+        seq_requests=600,
+        par_requests=3000,
+        concurrency=64,
+        broadcast_clients=100,
+        broadcast_procs=2,
+        broadcast_warmup=2,
+        broadcast_repeats=5,
+        idle_conns=1000,
+        idle_repeats=3,
+        idle_heartbeat=1.0,
+        idle_hold=1.6,
+        big_conns=None,
+        big_procs=1,
+        big_repeats=0,
+        big_heartbeat=1.0,
+        big_hold=1.6,
+    ),
+    "smoke": Settings(
+        mode="smoke",
+        repeats=1,
+        warmup=10,
+        seq_requests=20,
+        par_requests=128,
+        concurrency=64,
+        broadcast_clients=4,
+        broadcast_procs=1,
+        broadcast_warmup=1,
+        broadcast_repeats=1,
+        idle_conns=20,
+        idle_repeats=1,
+        idle_heartbeat=0.5,
+        idle_hold=0.8,
+        big_conns=None,
+        big_procs=1,
+        big_repeats=0,
+        big_heartbeat=0.5,
+        big_hold=0.8,
+    ),
+}
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr: stdout carries only the results."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# Worker processes ----------------------------------------------------------------------------
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed, died or did not answer in time."""
+
+
+class Worker:
+    """One child process speaking JSON lines on its stdin/stdout."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.proc = proc
+        self.hello: dict[str, Any] = {}
+        """A server's first message: its port, pid, loop."""
+        self._stash: list[dict[str, Any]] = []
+
+    @property
+    def port(self) -> int:
+        return int(self.hello["port"])
+
+    @classmethod
+    async def spawn(
+        cls, name: str, module: str, args: Iterable[str], use_uvloop: bool, cpus: str | None
+    ) -> Worker:
+        # -P: no current directory on sys.path, so that a PYTHONPATH given by the caller (a
+        # scratch copy of siyi_sdk) wins over the checkout's own siyi_sdk/.
+        argv = [sys.executable, "-P", "-m", module, *args]
+        if use_uvloop:
+            argv.append("--uvloop")
+        env = dict(os.environ)
+        env.pop("BENCH_CPUS", None)
+        if cpus:
+            env["BENCH_CPUS"] = cpus
+        # Ours last: a PYTHONPATH given by the caller (a scratch copy of siyi_sdk) wins.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+            limit=1 << 20,
+        )
+        return cls(name, proc)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(orjson.dumps(message) + b"\n")
+            await stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise WorkerError(f"{self.name}: cannot write to it ({exc})") from None
+
+    async def recv(self, key: str, timeout: float) -> dict[str, Any]:
+        """The next message holding `key` (others are kept for a later `recv`)."""
+        for i, kept in enumerate(self._stash):
+            if key in kept:
+                return self._stash.pop(i)
+        stdout = self.proc.stdout
+        assert stdout is not None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    line = await stdout.readline()
+                    if not line:
+                        code = await self.proc.wait()
+                        raise WorkerError(f"{self.name}: exited with code {code}")
+                    message: dict[str, Any] = orjson.loads(line)
+                    if "error" in message:
+                        raise WorkerError(f"{self.name}: {message['error']}")
+                    if key in message:
+                        return message
+                    self._stash.append(message)
+        except TimeoutError:
+            raise WorkerError(f"{self.name}: no {key!r} within {timeout:g} s") from None
+
+    async def ask(self, message: dict[str, Any], key: str, timeout: float = 60.0) -> dict[str, Any]:
+        await self.send(message)
+        return await self.recv(key, timeout)
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        """Ask it to quit; kill it (this child, by its handle) if it does not."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(WorkerError):
+                await self.send({"cmd": "quit"})
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.proc.wait()
+            except TimeoutError:
+                log(f"{self.name}: did not quit in {timeout:g} s, killing it")
+                self.proc.kill()
+                await self.proc.wait()
+
+
+def cpu_split(pin: bool) -> tuple[str | None, str | None]:
+    """CPUs for servers and for clients: the first core for servers, the others for clients."""
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return str(cpus[0]), ",".join(str(c) for c in cpus[1:])
+
+
+class Processes:
+    """Every worker started in one phase, stopped together (clients first, then servers)."""
+
+    def __init__(self, use_uvloop: bool, pin: bool) -> None:
+        self.use_uvloop = use_uvloop
+        self.server_cpus, self.client_cpus = cpu_split(pin)
+        self.servers: list[Worker] = []
+        self.clients: list[Worker] = []
+
+    async def server(self, stack: str, heartbeat: float) -> Worker:
+        worker = await Worker.spawn(
+            f"{stack} server",
+            "benchmarks.servers",
+            ["--stack", stack, "--heartbeat", str(heartbeat)],
+            self.use_uvloop,
+            self.server_cpus,
+        )
+        self.servers.append(worker)
+        worker.hello = await worker.recv("port", 60)
+        return worker
+
+    async def client(self, name: str, args: list[str]) -> Worker:
+        worker = await Worker.spawn(
+            name, "benchmarks.clients", args, self.use_uvloop, self.client_cpus
+        )
+        self.clients.append(worker)
+        await worker.recv("ready", 60)
+        return worker
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self.clients))
+        await asyncio.gather(*(w.stop() for w in self.servers))
+        self.clients.clear()
+        self.servers.clear()
+
+
+# Measurements --------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    """Samples per row and metric for one event loop, plus what went wrong."""
+
+    loop: str
+    pin: bool
+    samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, row: str, metric: str, value: float) -> None:
+        self.samples.setdefault(row, {}).setdefault(metric, []).append(value)
+
+    def get(self, row: str, metric: str) -> list[float]:
+        return self.samples.get(row, {}).get(metric, [])
+
+    def median(self, row: str, metric: str) -> float | None:
+        values = self.get(row, metric)
+        return statistics.median(values) if values else None
+
+
+async def _stats(server: Worker) -> dict[str, Any]:
+    return await server.ask({"cmd": "stats"}, "cpu", 30)
+
+
+async def _wait_conns(server: Worker, expected: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await _stats(server)
+        if stats["conns"] == expected or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.05)
+
+
+async def phase_load(s: Settings, rows: list[Row], results: Results) -> None:
+    """Sequential and in-flight round trips, with the server's CPU time per request."""
+    procs = Processes(results.loop == "uvloop", results.pin)
+    try:
+        servers: dict[str, Worker] = {}
+        for stack in sorted({row.stack for row in rows}):
+            servers[stack] = await procs.server(stack, 30.0)
+            if "siyi_sdk" in servers[stack].hello:
+                results.info["siyi_sdk"] = servers[stack].hello["siyi_sdk"]
+        clients: dict[str, Worker] = {}
+        for row in rows:
+            port = servers[row.stack].port
+            clients[row.name] = await procs.client(
+                f"{row.name} client", ["load", "--row", row.name, "--port", str(port)]
+            )
+            for conc in (1, s.concurrency):
+                await clients[row.name].ask(
+                    {"cmd": "warm", "requests": s.warmup, "concurrency": conc}, "warmed", 300
+                )
+        log(f"load: {len(rows)} rows warmed up; {s.repeats} repeats")
+        figures = (("seq", 1, s.seq_requests), ("par", s.concurrency, s.par_requests))
+        for rep in range(s.repeats):
+            for figure, conc, n in figures:
+                # Rows interleaved within each repeat: a slow patch of the (shared, 2-core)
+                # machine lands on every row rather than on one.
+                for row in rows:
+                    server = servers[row.stack]
+                    before = await _stats(server)
+                    answer = await clients[row.name].ask(
+                        {"cmd": "go", "requests": n, "concurrency": conc}, "result", 900
+                    )
+                    after = await _stats(server)
+                    result = answer["result"]
+                    results.add(row.name, f"{figure}_rps", result["rps"])
+                    results.add(row.name, f"{figure}_p50", result["p50"] * 1e6)
+                    results.add(row.name, f"{figure}_p99", result["p99"] * 1e6)
+                    results.add(row.name, f"{figure}_cpu", (after["cpu"] - before["cpu"]) / n * 1e6)
+                    results.add(row.name, f"{figure}_client_cpu", result["cpu"] / n * 1e6)
+            log(f"load: repeat {rep + 1}/{s.repeats} done")
+    finally:
+        await procs.stop()
+
+
+async def _hold_clients(procs: Processes, row: Row, port: int, total: int, n: int) -> list[Worker]:
+    n = max(1, min(n, total))
+    counts = [total // n + (1 if i < total % n else 0) for i in range(n)]
+    return list(
+        await asyncio.gather(
+            *(
+                procs.client(
+                    f"{row.name} holder {i + 1}/{n}",
+                    ["hold", "--row", row.name, "--port", str(port), "--count", str(count)],
+                )
+                for i, count in enumerate(counts)
+            )
+        )
+    )
+
+
+async def _connect(holders: list[Worker], timeout: float) -> tuple[int, int, float]:
+    """Every holder opens its connections at once: (connected, failed, wall seconds)."""
+    answers = await asyncio.gather(
+        *(h.ask({"cmd": "connect"}, "connected", timeout) for h in holders)
+    )
+    connected = sum(int(a["connected"]) for a in answers)
+    failed = sum(int(a["failed"]) for a in answers)
+    elapsed = max(a["end"] for a in answers) - min(a["start"] for a in answers)
+    return connected, failed, float(elapsed)
+
+
+async def phase_broadcast(s: Settings, row: Row, results: Results) -> None:
+    """One event to `broadcast_clients` clients: from the server's call to the last receipt.
+
+    The server notes `time.monotonic()` just before its broadcast call; every client process
+    notes `time.monotonic()` when each of its connections receives the event and reports the
+    latest. CLOCK_MONOTONIC is one system-wide clock on Linux, so the difference is valid
+    across processes.
+    """
+    procs = Processes(results.loop == "uvloop", results.pin)
+    try:
+        server = await procs.server(row.stack, 30.0)
+        n = s.broadcast_clients
+        holders = await _hold_clients(procs, row, server.port, n, s.broadcast_procs)
+        connected, failed, _ = await _connect(holders, 300)
+        if connected != n:
+            raise WorkerError(f"only {connected} of {n} clients connected ({failed} failed)")
+        stats = await _wait_conns(server, n, 30)
+        if stats["conns"] != n:
+            raise WorkerError(f"the server counts {stats['conns']} connections, not {n}")
+        for seq in range(s.broadcast_warmup + s.broadcast_repeats):
+            sent = await server.ask({"cmd": "broadcast", "seq": seq}, "t0", 60)
+            lasts: list[float] = []
+            for holder in holders:
+                while True:  # skip reports of earlier broadcasts, if any came late
+                    report = await holder.recv("seq", 30)
+                    if report["seq"] == seq:
+                        break
+                lasts.append(report["last"])
+            if seq >= s.broadcast_warmup:
+                results.add(row.name, "bcast_ms", (max(lasts) - sent["t0"]) * 1e3)
+                results.add(row.name, "bcast_call_ms", (sent["t1"] - sent["t0"]) * 1e3)
+            await asyncio.sleep(0.05)
+        log(f"broadcast: {row.name} done ({s.broadcast_repeats} x {n} clients)")
+    finally:
+        await procs.stop()
+
+
+async def idle_run(
+    row: Row, results: Results, conns: int, nprocs: int, heartbeat: float, hold: float, key: str
+) -> None:
+    """Open `conns` idle connections to a fresh server: RSS growth, connect time, drops."""
+    procs = Processes(results.loop == "uvloop", results.pin)
+    try:
+        server = await procs.server(row.stack, heartbeat)
+        holders = await _hold_clients(procs, row, server.port, conns, nprocs)
+        # Open and close a few first, so that one-time costs (lazy imports, caches, the first
+        # arena) are not counted as per-connection memory.
+        await asyncio.gather(*(h.ask({"cmd": "warm", "count": 10}, "warmed", 60) for h in holders))
+        await _wait_conns(server, 0, 10)
+        await server.ask({"cmd": "gc"}, "gc")
+        base = await _stats(server)
+        connected, failed, elapsed = await _connect(holders, 900)
+        await _wait_conns(server, connected, 60)
+        await server.ask({"cmd": "gc"}, "gc")
+        loaded = await _stats(server)
+        results.add(row.name, f"{key}_rss_per_conn", (loaded["rss"] - base["rss"]) / conns / 1024)
+        results.add(row.name, f"{key}_rss_mib", loaded["rss"] / 2**20)
+        results.add(row.name, f"{key}_connect_s", elapsed)
+        # Hold past 1.5 heartbeat intervals: a connection that fails its pings is gone by then.
+        await asyncio.sleep(hold)
+        stats = await _stats(server)
+        checks = await asyncio.gather(*(h.ask({"cmd": "check"}, "open", 60) for h in holders))
+        still_open = min(int(stats["conns"]), sum(int(c["open"]) for c in checks))
+        results.add(row.name, f"{key}_dropped", conns - still_open)
+        if failed:
+            results.errors.append(f"{row.name}: {failed} of {conns} connections failed to open")
+    finally:
+        await procs.stop()
+
+
+async def run_loop(s: Settings, rows: list[Row], phases: set[str], loop: str, pin: bool) -> Results:
+    """Every phase asked for, on one event loop (asyncio or uvloop)."""
+    results = Results(loop, pin)
+    holding = [row for row in rows if row.holds]
+
+    async def guarded(what: str, work: Any) -> None:
+        try:
+            await work
+        except WorkerError as exc:
+            results.errors.append(f"{what}: {exc}")
+            log(f"FAILED {what}: {exc}")
+
+    if "load" in phases and rows:
+        await guarded("load", phase_load(s, rows, results))
+    if "broadcast" in phases:
+        for row in holding:
+            await guarded(f"broadcast {row.name}", phase_broadcast(s, row, results))
+    if "idle" in phases:
+        for rep in range(s.idle_repeats):
+            # Repeats interleaved across rows, each on a fresh server process.
+            for row in holding:
+                await guarded(
+                    f"idle {row.name}",
+                    idle_run(row, results, s.idle_conns, 1, s.idle_heartbeat, s.idle_hold, "idle"),
+                )
+            log(f"idle: repeat {rep + 1}/{s.idle_repeats} done ({s.idle_conns} connections)")
+    if "big" in phases and s.big_conns:
+        for rep in range(s.big_repeats):
+            for row in holding:
+                await guarded(
+                    f"big idle {row.name}",
+                    idle_run(
+                        row, results, s.big_conns, s.big_procs, s.big_heartbeat, s.big_hold, "big"
+                    ),
+                )
+            log(f"big idle: repeat {rep + 1}/{s.big_repeats} done ({s.big_conns} connections)")
+    return results
+
+
+# Report --------------------------------------------------------------------------------------
+
+
+def _num(value: float, digits: int) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def cell(values: list[float], digits: int = 0) -> str:
+    """``median (min–max)`` of the samples, ``—`` when there are none."""
+    if not values:
+        return "—"
+    median = _num(statistics.median(values), digits)
+    if len(values) == 1:
+        return median
+    return f"{median} ({_num(min(values), digits)}–{_num(max(values), digits)})"
+
+
+def _digits_us(values: list[float]) -> int:
+    return 1 if values and statistics.median(values) < 100 else 0
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return lines
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal of the issue: a ratio of two rows' medians against a bound."""
+
+    what: str
+    metric: str
+    row: str
+    baseline: str
+    bound: float
+    higher_is_better: bool
+    digits: int = 0
+
+
+_WS_RPS = "64 in flight over WebSocket, req/s"
+
+TARGETS: Final = (
+    Target(_WS_RPS, "par_rps", "siyi_client", "raw_ws", 0.8, True),
+    Target(_WS_RPS, "par_rps", "siyi_client", "socketio", 6.0, True),
+    Target("sequential p50 latency, µs", "seq_p50", "siyi_client", "raw_ws", 1.2, False, 1),
+    Target(
+        "server CPU per request (64 in flight), µs",
+        "par_cpu",
+        "siyi_client",
+        "raw_ws",
+        1.3,
+        False,
+        1,
+    ),
+    Target(
+        "HTTP /general, 64 in flight, req/s", "par_rps", "siyi_api_http", "raw_http", 0.85, True
+    ),
+    Target("broadcast to all clients, ms", "bcast_ms", "siyi_client", "raw_ws", 1.2, False, 2),
+    Target(
+        "server RSS per idle connection, KiB",
+        "idle_rss_per_conn",
+        "siyi_client",
+        "raw_ws",
+        1.3,
+        False,
+        1,
+    ),
+)
+
+
+def target_lines(results: Results) -> tuple[list[str], list[bool]]:
+    body: list[list[str]] = []
+    verdicts: list[bool] = []
+    for t in TARGETS:
+        mine, base = results.median(t.row, t.metric), results.median(t.baseline, t.metric)
+        goal = f"{'≥' if t.higher_is_better else '≤'} {t.bound:g}×"
+        if mine is None or base is None or base == 0:
+            body.append([t.what, f"{t.row} / {t.baseline}", "—", "—", "—", goal, "not measured"])
+            continue
+        ratio = mine / base
+        ok = ratio >= t.bound if t.higher_is_better else ratio <= t.bound
+        verdicts.append(ok)
+        body.append(
+            [
+                t.what,
+                f"{t.row} / {t.baseline}",
+                _num(mine, t.digits),
+                _num(base, t.digits),
+                f"{ratio:.2f}×",
+                goal,
+                "PASS" if ok else "**MISS**",
+            ]
+        )
+    header = ["target", "rows", "siyi", "baseline", "ratio", "goal", "result"]
+    return _table(header, body), verdicts
+
+
+def report(s: Settings, rows: list[Row], results: Results) -> list[str]:
+    lines = [f"### Event loop: {results.loop}", ""]
+    lines.append(
+        f"Request/response: {s.seq_requests:,} sequential and {s.par_requests:,} with "
+        f"{s.concurrency} in flight per repeat, {s.repeats} repeats; each cell is the median "
+        "of the repeats (min–max)."
+    )
+    lines.append("")
+    header = [
+        "row",
+        "seq p50 µs",
+        "seq p99 µs",
+        "seq req/s",
+        f"{s.concurrency} in flight req/s",
+        f"server CPU µs/req ({s.concurrency} in flight)",
+        "server CPU µs/req (seq)",
+        f"client CPU µs/req ({s.concurrency} in flight)",
+    ]
+    body = []
+    for row in rows:
+        g = results.get
+        body.append(
+            [
+                row.label,
+                cell(g(row.name, "seq_p50"), _digits_us(g(row.name, "seq_p50"))),
+                cell(g(row.name, "seq_p99"), _digits_us(g(row.name, "seq_p99"))),
+                cell(g(row.name, "seq_rps")),
+                cell(g(row.name, "par_rps")),
+                cell(g(row.name, "par_cpu"), 1),
+                cell(g(row.name, "seq_cpu"), 1),
+                cell(g(row.name, "par_client_cpu"), 1),
+            ]
+        )
+    lines += _table(header, body)
+    big_n = s.big_conns or s.idle_conns
+    big = "big" if s.big_conns else "idle"
+    hb = s.big_heartbeat if s.big_conns else s.idle_heartbeat
+    hold = s.big_hold if s.big_conns else s.idle_hold
+    lines += [
+        "",
+        f"Connections: broadcast to {s.broadcast_clients:,} clients in {s.broadcast_procs} "
+        f"client process(es), {s.broadcast_repeats} broadcasts; RSS per idle connection with "
+        f"{s.idle_conns:,} connections, {s.idle_repeats} fresh servers; {big_n:,} idle "
+        f"connections with a {hb:g} s heartbeat held {hold:g} s, "
+        f"{s.big_repeats if s.big_conns else s.idle_repeats} fresh servers.",
+        "",
+    ]
+    header = [
+        "row",
+        f"broadcast to {s.broadcast_clients:,}: until last receipt, ms",
+        "broadcast: server call, ms",
+        f"server RSS per idle conn, KiB ({s.idle_conns:,})",
+        f"{big_n:,} idle: connect all, s",
+        f"{big_n:,} idle: server RSS, MiB",
+        f"{big_n:,} idle: dropped",
+    ]
+    body = []
+    for row in rows:
+        g = results.get
+        body.append(
+            [
+                row.label,
+                cell(g(row.name, "bcast_ms"), 2),
+                cell(g(row.name, "bcast_call_ms"), 2),
+                cell(g(row.name, "idle_rss_per_conn"), 1),
+                cell(g(row.name, f"{big}_connect_s"), 2),
+                cell(g(row.name, f"{big}_rss_mib"), 1),
+                cell(g(row.name, f"{big}_dropped")),
+            ]
+        )
+    lines += _table(header, body)
+    targets, _ = target_lines(results)
+    lines += ["", f"Targets ({results.loop}; ratios of medians from this run):", "", *targets]
+    if results.errors:
+        lines += ["", "Problems in this run:", ""]
+        lines += [f"- {e.splitlines()[0][:300]}" for e in results.errors]
+    return lines
+
+
+def _version(module: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_revision() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "siyi_sdk"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{' + uncommitted changes in siyi_sdk/' if dirty else ''}" if head else "unknown"
+
+
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def header_lines(s: Settings, argv: list[str], loops: list[str], info: dict[str, Any]) -> list[str]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lines = [
+        "# siyi-sdk benchmarks",
+        "",
+        f"Generated by `python -m benchmarks {shlex.join(argv)}`".rstrip() + f" ({s.mode} mode) "
+        f"on {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.",
+        "",
+        f"- Machine: {_cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}; "
+        f"open files: soft {soft}, hard {hard} (every worker raises its soft limit to the hard).",
+        f"- Python {platform.python_version()}; aiohttp {_version('aiohttp')}, "
+        f"pydantic {_version('pydantic')}, orjson {_version('orjson')}, "
+        f"python-socketio {_version('python-socketio')}, uvloop {_version('uvloop')}; "
+        f"event loops: {', '.join(loops)}.",
+        f"- siyi-sdk {_version('siyi-sdk')} at git {_git_revision()}; measured copy: "
+        f"`{info.get('siyi_sdk', 'siyi_sdk')}`.",
+        f"- Payload: the same {PAYLOAD_BYTES}-byte JSON object echoed by every row "
+        "(and carried by every broadcast).",
+    ]
+    if s.big_conns:
+        needed = s.big_conns + 64
+        verdict = "enough" if hard == resource.RLIM_INFINITY or hard >= needed else "NOT enough"
+        lines.append(
+            f"- {s.big_conns:,} connections need as many file descriptors in the server process "
+            f"(and in the client processes, {s.big_procs} of them): the hard limit here is "
+            f"{hard}, {verdict}."
+        )
+    return lines
+
+
+METHOD: Final = """\
+## How it is measured
+
+- Every server and every client is its own process, on 127.0.0.1 only. The orchestrator
+  (`python -m benchmarks`) only steers them over stdin/stdout; it sends no benchmark traffic.
+  The machine's cores are shared by the server and its client(s), the same way for every row.
+- Request/response rows: one client process per row, one connection (the HTTP rows: one
+  `aiohttp.ClientSession`, whose pool opens as many keep-alive connections as requests in
+  flight). *Sequential*: one request at a time. *In flight*: that many workers each send
+  requests back to back. Latency is each request's round trip (`perf_counter`), p50/p99 over
+  the run; req/s is requests / wall time. Each client warms up first; rows are interleaved
+  within each repeat.
+- Server CPU per request: the server process reports its own CPU time
+  (`time.process_time()`, i.e. CLOCK_PROCESS_CPUTIME_ID: user + system, every thread, with
+  nanosecond resolution where `/proc/<pid>/stat` counts 10 ms ticks) just before and just
+  after each fixed run; the difference divided by the run's requests.
+- Broadcast: N clients of the row's own client library, split over a few client processes,
+  all connected before the first broadcast. The server takes `time.monotonic()` just before
+  its broadcast call (raw aiohttp: a loop of `send_frame` over its sockets with the frame
+  encoded once; python-socketio: `AsyncServer.emit`; siyi: `ProtocolServer.broadcast_event`).
+  Each client records `time.monotonic()` when its handler gets the event; each client process
+  reports its latest receipt. The figure is the latest receipt minus the server's timestamp.
+  `time.monotonic()` is CLOCK_MONOTONIC, one system-wide clock on Linux, so timestamps taken
+  in different processes on one machine are comparable. "server call" is how long the
+  broadcast call itself took in the server.
+- Memory per idle connection: a fresh server; 10 connections opened and closed first (one-time
+  costs); `gc.collect()`; RSS; N connections opened and left idle; `gc.collect()`; RSS again.
+  (RSS with N − RSS with 0) / N.
+- Many idle connections: as above with the big N, heartbeat on (WebSocket pings from the
+  server; python-socketio: its engine.io ping), opened 50 at a time per client process; the
+  connect time is from the first connect to the last handshake done; after holding them longer
+  than 1.5 heartbeat intervals, "dropped" = N − min(connections the server still counts,
+  connections the clients still have open).
+- Rows that do not apply to a figure show "—". Targets are ratios of medians from one run.
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="siyi-sdk against raw aiohttp and python-socketio, each server and client "
+        "in its own process on 127.0.0.1.",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    size.add_argument("--smoke", action="store_true", help="the smallest run (CI): a few seconds")
+    parser.add_argument(
+        "--uvloop", action="store_true", help="also run everything on uvloop (a second table)"
+    )
+    parser.add_argument(
+        "--only-uvloop", action="store_true", help="run on uvloop only (no asyncio pass)"
+    )
+    parser.add_argument(
+        "--rows", help=f"comma-separated subset of: {', '.join(r.name for r in ROWS)}"
+    )
+    parser.add_argument("--phases", help=f"comma-separated subset of: {', '.join(PHASES)}")
+    parser.add_argument(
+        "--output",
+        help="the Markdown file to write (default: benchmarks/RESULTS.md for a full run, "
+        "benchmarks/RESULTS-quick.md for --quick, none for --smoke); '-' writes none",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin servers to the first core and clients to the others",
+    )
+    parser.add_argument("--repeats", type=int, help="override the repeats of the load figures")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    s = PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.repeats:
+        s = replace(s, repeats=args.repeats)
+    rows = list(ROWS)
+    if args.rows:
+        wanted = [name.strip() for name in args.rows.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in ROW_BY_NAME]
+        if unknown:
+            print(f"unknown rows: {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        rows = [row for row in ROWS if row.name in wanted]
+    phases = set(PHASES)
+    if args.phases:
+        phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+        if phases - set(PHASES):
+            print(f"unknown phases: {', '.join(sorted(phases - set(PHASES)))}", file=sys.stderr)
+            return 2
+    skipped = [row for row in rows if row.needs and not have_module(row.needs)]
+    rows = [row for row in rows if row not in skipped]
+    loops = ["asyncio"]
+    if args.uvloop or args.only_uvloop:
+        if not have_module("uvloop"):
+            print("uvloop is not installed (pip install -e '.[bench]')", file=sys.stderr)
+            return 2
+        loops = ["uvloop"] if args.only_uvloop else ["asyncio", "uvloop"]
+
+    load_before = _loadavg()
+    started = time.monotonic()
+    all_results: list[Results] = []
+    for loop in loops:
+        log(f"{s.mode} run on {loop}: rows {', '.join(r.name for r in rows)}")
+        all_results.append(asyncio.run(run_loop(s, rows, phases, loop, not args.no_pin)))
+    elapsed = time.monotonic() - started
+
+    info: dict[str, Any] = {}
+    for results in all_results:
+        info.update(results.info)
+    lines = header_lines(s, argv, loops, info)
+    lines.append(
+        f"- Wall time of the whole run: {elapsed:.0f} s. Load average (1 min) before: "
+        f"{load_before}, after: {_loadavg()} (other work on the machine shows up here and "
+        "widens the min–max spreads)."
+    )
+    for row in skipped:
+        lines.append(f"- Row `{row.name}` not run: `{row.needs}` is not installed.")
+    if s.big_conns is None:
+        lines.append(
+            f"- {s.mode} mode: the many-idle-connections figure uses the "
+            f"{s.idle_conns:,} connections of the RSS runs, not 10,000."
+        )
+    lines.append("")
+    lines.append("## Results")
+    lines.append("")
+    for results in all_results:
+        lines += report(s, rows + skipped, results)
+        lines.append("")
+    lines.append(METHOD)
+    text = "\n".join(lines)
+    print(text)
+
+    output = args.output
+    if output is None:
+        output = "-" if args.smoke else str(QUICK_RESULTS if args.quick else RESULTS)
+    if output != "-":
+        Path(output).write_text(text)
+        log(f"wrote {output}")
+    return 1 if any(r.errors for r in all_results) else 0
