@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -706,3 +707,21 @@ async def test_a_client_adopts_the_fresh_session_after_its_own_expired() -> None
         await rig.server.send_event(fresh, "tick", "fresh")
         await rig.inbox.wait_count(1)
         assert rig.inbox.data == ["fresh"]
+
+
+def test_a_flood_of_one_off_sessions_evicts_the_oldest_in_linear_time() -> None:
+    """Each caller without a key opens a session: at the bound, the oldest idle one goes.
+
+    Eviction looks only at the front of the registry, so 30,000 opens past a bound of 10,000
+    take linear time (a scan per open would take minutes), and the newest survive.
+    """
+    from siyi_sdk.server.sessions import SessionRegistry
+
+    registry = SessionRegistry(max_sessions=10_000, ttl=300)
+    started = time.perf_counter()
+    opened = [registry.open(None, None, {}) for _ in range(30_000)]
+    assert time.perf_counter() - started < 10
+    assert len(registry) == 10_000
+    assert registry.get(opened[-1].session) is opened[-1]
+    assert registry.get(opened[0].session) is None
+    assert opened[0].ended

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -47,7 +48,9 @@ class SessionRegistry:
         self.request_timeout = request_timeout
         self._on_end = on_end
         self._clock = clock
-        self._sessions: dict[str, Connection] = {}
+        # Ordered by last activity, oldest first: expiry and eviction only ever look at the
+        # front, so a flood of one-off HTTP callers costs O(1) per session, not a scan.
+        self._sessions: OrderedDict[str, Connection] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -79,10 +82,10 @@ class SessionRegistry:
         if len(self._sessions) >= self.max_sessions:
             self.sweep()
         if len(self._sessions) >= self.max_sessions:
-            idle = [s for s in self._sessions.values() if s.peer is None and s.polls == 0]
-            if not idle:
+            idle = self._oldest_idle()
+            if idle is None:
                 raise OverflowError(f"{self.max_sessions} sessions are live, all attached")
-            self.end(min(idle, key=lambda s: s.last_active))
+            self.end(idle)
         key = secrets.token_urlsafe(24)
         session = Connection(
             session=key,
@@ -100,6 +103,17 @@ class SessionRegistry:
     def touch(self, session: Connection) -> None:
         """Note activity (an HTTP call, a detach): the session's idle clock restarts."""
         session.last_active = self._clock()
+        if self._sessions.get(session.session) is session:
+            self._sessions.move_to_end(session.session)
+
+    def _oldest_idle(self) -> Connection | None:
+        """The longest-idle detached session, moving busy ones out of the way (amortised O(1))."""
+        for _ in range(len(self._sessions)):
+            key, session = next(iter(self._sessions.items()))
+            if session.peer is None and session.polls == 0:
+                return session
+            self._sessions.move_to_end(key)  # attached or polling: busy, not idle
+        return None
 
     def end(self, session: Connection) -> None:
         """End a session now (idempotent)."""
@@ -112,10 +126,11 @@ class SessionRegistry:
     def sweep(self) -> int:
         """End every expired session. Returns how many ended."""
         now = self._clock()
-        expired = [s for s in self._sessions.values() if self._expired(s, now)]
-        for session in expired:
+        ended = 0
+        while (session := self._oldest_idle()) is not None and self._expired(session, now):
             self.end(session)
-        return len(expired)
+            ended += 1
+        return ended
 
     def end_all(self) -> None:
         """End every session (the server is stopping)."""
