@@ -35,6 +35,7 @@ from ..packets import (
     Response,
     StatusCode,
     encode,
+    kept,
     parse_message,
 )
 from ..peer import Peer, call_event_handler, call_request_handler, encode_response
@@ -442,7 +443,7 @@ class ProtocolServer:
         A client that does not read (its socket's buffer is full) never holds up the others.
         """
         event = Event(name=name, data=data)
-        frame = encode(event)
+        frame = kept(encode(event))  # one copy, shared by every buffer that keeps it
         for connection in self._targets(exclude):
             # One after the other, no task per client (that doubled the time of a broadcast):
             # deliver() writes straight to the socket, or queues behind a peer that does not

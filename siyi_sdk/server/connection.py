@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from ..errors import ConnectionClosedError, NotConnectedError, RequestTimeoutError
-from ..packets import Event, Request, Response, encode
+from ..packets import Event, Request, Response, encode, kept
 from ..peer import Peer
 
 __all__ = ["Connection"]
@@ -164,7 +164,7 @@ class Connection:
             NotConnectedError: the session has ended.
         """
         event = Event(name=name, data=data)
-        await self.deliver(event.id, encode(event))
+        await self.deliver(event.id, kept(encode(event)))
 
     async def send_request(
         self, command: str, params: dict[str, Any] | None = None, *, timeout: float | None = None
@@ -194,7 +194,7 @@ class Connection:
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[request.id] = future
         try:
-            self.buffer(request.id, encode(request))
+            self.buffer(request.id, kept(encode(request)))
             try:
                 async with asyncio.timeout(timeout):
                     return await future

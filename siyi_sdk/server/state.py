@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 
 from ..errors import SiyiError
-from ..packets import Response, parse_message
+from ..packets import Response, kept, parse_message
 from ..peer import encode_response
 
 __all__ = ["MemoryResponseCache", "ResponseCache"]
@@ -129,5 +129,5 @@ class MemoryResponseCache(ResponseCache):
         for future in self._running.pop(skey) or ():
             if not future.done():
                 future.set_result(response)
-        self._remember(skey, encode_response(response), self._clock())
+        self._remember(skey, kept(encode_response(response)), self._clock())
         return response
