@@ -726,7 +726,8 @@ def header_lines(s: Settings, argv: list[str], loops: list[str], info: dict[str,
         f"pydantic {_version('pydantic')}, orjson {_version('orjson')}, "
         f"python-socketio {_version('python-socketio')}, uvloop {_version('uvloop')}; "
         f"event loops: {', '.join(loops)}.",
-        f"- siyi-sdk {_version('siyi-sdk')} at git {_git_revision()}; measured copy: "
+        f"- siyi-sdk {_version('siyi-sdk')} at git {info.get('git', 'unknown')} (when the run "
+        f"started); measured copy: "
         f"`{info.get('siyi_sdk', 'siyi_sdk')}`.",
         f"- Payload: the same {PAYLOAD_BYTES}-byte JSON object echoed by every row "
         "(and carried by every broadcast).",
@@ -841,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         loops = ["uvloop"] if args.only_uvloop else ["asyncio", "uvloop"]
 
+    revision = _git_revision()  # before: the checkout may move while the run goes on
     load_before = _loadavg()
     started = time.monotonic()
     all_results: list[Results] = []
@@ -849,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         all_results.append(asyncio.run(run_loop(s, rows, phases, loop, not args.no_pin)))
     elapsed = time.monotonic() - started
 
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"git": revision}
     for results in all_results:
         info.update(results.info)
     lines = header_lines(s, argv, loops, info)

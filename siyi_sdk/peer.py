@@ -185,7 +185,7 @@ class Peer:
         self._pending: dict[str, asyncio.Future[Response]] = {}
         self.handling: set[asyncio.Task[None]] = set()
         """Tasks running incoming requests (the server waits for them on shutdown)."""
-        self._events: deque[Event] = deque()
+        self._events: deque[Event] | None = None  # made for the first event: see Connection
         self._event_worker: asyncio.Task[None] | None = None
         self._closed = False
         self.remote_close_code: int | None = None
@@ -358,6 +358,8 @@ class Peer:
                 task.add_done_callback(self.handling.discard)
         else:
             assert type(packet) is Event
+            if self._events is None:
+                self._events = deque()
             self._events.append(packet)
             if self._event_worker is None:
                 self._event_worker = asyncio.create_task(self._drain_events())
@@ -370,8 +372,9 @@ class Peer:
         # One worker per connection, alive only while events wait: handlers never overlap and
         # run in arrival order, yet the reader never blocks on them.
         try:
-            while self._events:
-                await self._on_event(self._events.popleft())
+            events = self._events
+            while events:
+                await self._on_event(events.popleft())
         finally:
             self._event_worker = None
 

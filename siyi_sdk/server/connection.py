@@ -71,12 +71,14 @@ class Connection:
         self.ended = False
         self._buffer: deque[tuple[str, bytes]] = deque()
         self._buffer_size = buffer_size
-        self._arrived = asyncio.Event()
+        # Made when first needed, as is the outbox: an idle connection holds thousands of
+        # these, and an empty deque or Event costs ~760 bytes (its first block) each.
+        self._arrived: asyncio.Event | None = None
         self._pending: dict[str, asyncio.Future[Response]] = {}
         self._replaying = False
         # Frames for a WebSocket that does not read fast enough, sent in order by one task,
         # so that a slow peer never makes a sender (a broadcast) wait.
-        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox: deque[tuple[str, bytes]] | None = None
         self._writer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -110,7 +112,8 @@ class Connection:
             self._buffer.popleft()
             self.dropped += 1
         self._buffer.append((packet_id, frame))
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
 
     async def deliver(self, packet_id: str, frame: bytes) -> None:
         """Send an encoded packet down the WebSocket, or buffer it while there is none.
@@ -134,6 +137,8 @@ class Connection:
 
     def _queue(self, peer: Peer, packet_id: str, frame: bytes) -> None:
         outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
         outbox.append((packet_id, frame))
         if len(outbox) > self._buffer_size:
             outbox.popleft()
@@ -143,6 +148,7 @@ class Connection:
 
     async def _write_outbox(self, peer: Peer) -> None:
         outbox = self._outbox
+        assert outbox is not None
         try:
             while outbox:
                 frame = outbox[0][1]
@@ -236,22 +242,27 @@ class Connection:
                 while buf and buf.popleft()[0] != after:
                     pass
             frames = [frame for _, frame in buf]
-        if not buf:
+        if not buf and self._arrived is not None:
             self._arrived.clear()
         return frames
 
     def wake(self) -> None:
         """Make every poll waiting in `wait_for_packets` return now (the server is stopping)."""
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
 
     async def wait_for_packets(self, timeout: float) -> None:
         """Return when the buffer has something, or after `timeout` seconds."""
         if self._buffer:
             return
-        self._arrived.clear()
+        arrived = self._arrived
+        if arrived is None:
+            arrived = self._arrived = asyncio.Event()
+        else:
+            arrived.clear()
         try:
             async with asyncio.timeout(timeout):
-                await self._arrived.wait()
+                await arrived.wait()
         except TimeoutError:
             pass
 
@@ -297,7 +308,8 @@ class Connection:
         if self.peer is not peer:
             return False
         # No await between the empty check and this: nothing can slip in between.
-        self._arrived.clear()
+        if self._arrived is not None:
+            self._arrived.clear()
         self._replaying = False
         return True
 
@@ -305,7 +317,8 @@ class Connection:
         """End the session: drop the buffer, fail requests waiting on it, wake pollers."""
         self.ended = True
         self._buffer.clear()
-        self._arrived.set()
+        if self._arrived is not None:
+            self._arrived.set()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionClosedError(f"{self!r}: the session ended"))
