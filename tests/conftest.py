@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import pytest
 from aiohttp import web
 
-from siyi_sdk import ProtocolClient, ProtocolServer
+from siyi_sdk import Event, ProtocolClient, ProtocolServer
 
 WAIT = 5.0
 """The bound on every wait for something that must happen: it only matters when a test fails."""
@@ -166,3 +166,27 @@ async def recv_json(ws: RawSocket, timeout: float = WAIT) -> dict[str, Any]:
             if obj.get("type") == "event" and obj.get("name") == "session":
                 continue
             return obj
+
+
+class Inbox:
+    """A client-side event handler that records what arrives, with event-driven waits."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    @property
+    def data(self) -> list[Any]:
+        return [event.data for event in self.events]
+
+    async def wait_count(self, count: int) -> None:
+        async def reached() -> None:
+            while len(self.events) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await wait_for(reached())

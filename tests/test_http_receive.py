@@ -23,41 +23,16 @@ from siyi_sdk import (
     AdapterMode,
     ApiError,
     Connection,
-    Event,
     HttpAdapter,
     ProtocolServer,
     Request,
     Response,
 )
-from tests.conftest import wait_until
+from tests.conftest import Inbox, wait_until
 from tests.proxy import WAIT, Gate, TcpProxy, running_server, sleep_until_accepting, wait_for
 
 SESSION_HEADER = "X-Siyi-Session"
 RECEIVING = AdapterMode.SEND | AdapterMode.RECEIVE
-
-
-class Inbox:
-    """A client-side event handler that records what arrives, with event-driven waits."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    @property
-    def data(self) -> list[Any]:
-        return [event.data for event in self.events]
-
-    async def wait_count(self, count: int) -> None:
-        async def reached() -> None:
-            while len(self.events) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await wait_for(reached())
 
 
 async def polling_session(server: ProtocolServer) -> Connection:

@@ -35,7 +35,7 @@ from siyi_sdk import (
     Response,
     WebSocketAdapter,
 )
-from tests.conftest import wait_until
+from tests.conftest import Inbox, wait_until
 from tests.proxy import (
     WAIT,
     Gate,
@@ -50,30 +50,6 @@ SESSION_HEADER = "X-Siyi-Session"
 
 
 # Helpers -------------------------------------------------------------------------------------
-
-
-class Inbox:
-    """A client-side event handler that records what arrives, with event-driven waits."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    @property
-    def data(self) -> list[Any]:
-        return [event.data for event in self.events]
-
-    async def wait_count(self, count: int) -> None:
-        async def reached() -> None:
-            while len(self.events) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await wait_for(reached())
 
 
 class Watch:

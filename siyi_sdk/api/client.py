@@ -156,7 +156,7 @@ class Api:
 
             @api.on_event(PlayerJoined)
             async def joined(event: PlayerJoined) -> None:
-                print(event.player_name)
+                logger.info("%s joined", event.player_name)
         """
 
         def register(handler: TypedHandler[EventT]) -> TypedHandler[EventT]:
