@@ -238,14 +238,21 @@ class Response(BaseModel):
         Raises:
             pydantic.ValidationError: when `code` is 0.
         """
-        if (id is None or _is_id(id)) and type(error) is str and type(code) is int and code:
+        # StatusCode members are ints too: the codes the SDK itself answers with.
+        if (
+            (id is None or _is_id(id))
+            and type(error) is str
+            and isinstance(code, int)
+            and not isinstance(code, bool)
+            and code
+        ):
             return _trusted(
                 cls,
                 {
                     "id": id,
                     "type": "response",
                     "status": "error",
-                    "code": code,
+                    "code": int(code),
                     "data": None,
                     "error": error,
                 },
@@ -279,9 +286,7 @@ def format_validation_error(exc: ValidationError) -> str:
 def usable_id(obj: dict[str, Any]) -> str | None:
     """Return the object's `id` if it is usable (a string of 1-128 characters), else None."""
     pid = obj.get("id")
-    if isinstance(pid, str) and 0 < len(pid) <= MAX_ID_LENGTH:
-        return pid
-    return None
+    return pid if _is_id(pid) else None
 
 
 def _parse_plain(obj: dict[str, Any]) -> Packet | None:

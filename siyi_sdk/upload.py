@@ -50,7 +50,7 @@ from .errors import (
     UnauthorizedError,
     error_for_response,
 )
-from .packets import SESSION_HEADER, Response, parse_message
+from .packets import Response, parse_message
 
 if TYPE_CHECKING:
     from .adapters.http import HttpAdapter
@@ -498,7 +498,7 @@ class _Upload:
                     total=self.target.answer_timeout, sock_connect=self.target.connect_timeout
                 ),
             ) as reply:
-                self.target.session.update(reply.headers.get(SESSION_HEADER), self.target.label)
+                self.target.session.adopt(reply.headers, self.target.label)
                 body = await reply.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransportError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
@@ -567,7 +567,7 @@ class _Upload:
                 expect100=offset < size,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.target.connect_timeout),
             ) as reply:
-                self.target.session.update(reply.headers.get(SESSION_HEADER), self.target.label)
+                self.target.session.adopt(reply.headers, self.target.label)
                 answer = await reply.read()
         return self._answer(f"HTTP {reply.status}", answer)
 
@@ -702,8 +702,7 @@ async def http_upload(
 
     def headers() -> dict[str, str]:
         found = {k: v for k, v in adapter.headers.items() if k.lower() != "content-type"}
-        if adapter.session.key is not None:
-            found[SESSION_HEADER] = adapter.session.key
+        found.update(adapter.session.header())
         return found
 
     target = _Target(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeAlias
 
@@ -20,6 +20,7 @@ from tenacity import (
 from ..errors import ProtocolVersionError, TransportError
 from ..packets import (
     PROTOCOL_VERSION,
+    SESSION_HEADER,
     Event,
     Request,
     RequestPacket,
@@ -64,6 +65,14 @@ class SessionRef:
 
     def __init__(self) -> None:
         self.key: str | None = None
+
+    def header(self) -> dict[str, str]:
+        """The header that presents the key (``X-Siyi-Session``); empty before there is one."""
+        return {SESSION_HEADER: self.key} if self.key is not None else {}
+
+    def adopt(self, headers: Mapping[str, str], source: str) -> None:
+        """Adopt the key a server's HTTP answer carries, if any (see `update`)."""
+        self.update(headers.get(SESSION_HEADER), source)
 
     def update(self, key: str | None, source: str) -> None:
         """Adopt the key the server returned (a new one when the old session had ended)."""
@@ -191,10 +200,27 @@ class Adapter(ABC):
     ) -> FileInfo:
         """Upload a file to the server on a connection of its own (PROTOCOL.md §8).
 
-        The built-in WebSocket and HTTP adapters implement it; this default cannot upload.
+        The built-in WebSocket and HTTP adapters implement it; this default cannot upload
+        (it raises `TransportError`, so an AdapterManager tries the next adapter).
+
+        Args:
+            source: a path, bytes, a binary file object, or an async iterator of bytes (a
+                stream that cannot seek is spooled to a temporary file first).
+            name: the file's name (default: the path's or file object's name, else "upload");
+                the server sanitises it.
+            progress: ``progress(sent_bytes, total_bytes)``, sync or async.
+            upload_id: the upload's id (default: a new UUID4); pass the id of an upload that
+                was interrupted earlier, even in another process, to resume it.
+
+        Returns:
+            What the server stored.
 
         Raises:
-            TransportError: this adapter cannot upload (an AdapterManager tries the next).
+            BadRequestError: the server found a digest or size mismatch (it kept nothing).
+            TooLargeError: the file is over the server's limit.
+            UnauthorizedError: the server refused the key.
+            BusyError: another part of the same upload kept running on the server.
+            TransportError: the server could not be reached, or every attempt was cut.
         """
         raise TransportError(f"{self.name} cannot upload files")
 

@@ -19,7 +19,6 @@ from ..errors import (
     error_for_response,
 )
 from ..packets import (
-    SESSION_HEADER,
     Event,
     Packet,
     Request,
@@ -146,17 +145,15 @@ class HttpAdapter(Adapter):
         """One HTTP exchange carrying the session key both ways."""
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession(headers=self.headers)
-        key = self.session.key
-        headers = {SESSION_HEADER: key} if key is not None else None
         try:
             async with self._http.request(
                 method,
                 url,
                 data=body,
-                headers=headers,
+                headers=self.session.header(),
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as reply:
-                self.session.update(reply.headers.get(SESSION_HEADER), self.name)
+                self.session.adopt(reply.headers, self.name)
                 return reply.status, await reply.read()
         except TimeoutError:
             raise RequestTimeoutError(f"{method} {url}: no answer within {timeout:g} s") from None
@@ -229,24 +226,7 @@ class HttpAdapter(Adapter):
         After a drop the upload resumes where the server stopped (``GET /upload/{id}``, then
         a ``Content-Range`` part), with backoff, `upload_attempts` times in all.
 
-        Args:
-            source: a path, bytes, a binary file object, or an async iterator of bytes (a
-                stream that cannot seek is spooled to a temporary file first).
-            name: the file's name (default: the path's or file object's name, else "upload");
-                the server sanitises it.
-            progress: ``progress(sent_bytes, total_bytes)``, sync or async.
-            upload_id: the upload's id (default: a new UUID4); pass the id of an upload that
-                was interrupted earlier, even in another process, to resume it.
-
-        Returns:
-            What the server stored.
-
-        Raises:
-            BadRequestError: the server found a digest or size mismatch (it kept nothing).
-            TooLargeError: the file is over the server's limit.
-            UnauthorizedError: the server refused the key.
-            BusyError: another part of the same upload kept running on the server.
-            TransportError: the server could not be reached, or every attempt was cut.
+        Arguments, result and errors: as `Adapter.upload`.
         """
         # Imported here: siyi_sdk.upload builds on this package.
         from ..upload import http_upload

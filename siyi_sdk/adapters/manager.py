@@ -181,7 +181,7 @@ class AdapterManager(Adapter):
         Every adapter tried gets the same upload id, so the next one resumes where the
         previous one was cut off (the server says how much it has). A stream that cannot
         seek is spooled to a temporary file first, so that each adapter can read it.
-        Arguments, result and errors are those of `WebSocketAdapter.upload`.
+        Arguments, result and errors: as `Adapter.upload`.
 
         Raises:
             AllAdaptersFailedError: no adapter could carry the upload.

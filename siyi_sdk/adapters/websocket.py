@@ -20,7 +20,6 @@ from ..errors import (
 )
 from ..packets import (
     SESSION_EVENT,
-    SESSION_HEADER,
     TAKEN_OVER,
     Event,
     RequestPacket,
@@ -190,24 +189,7 @@ class WebSocketAdapter(Adapter):
         frame. After a drop the upload resumes where the server stopped (it is asked over
         HTTP, ``GET /upload/{id}``), with backoff, `upload_attempts` times in all.
 
-        Args:
-            source: a path, bytes, a binary file object, or an async iterator of bytes (a
-                stream that cannot seek is spooled to a temporary file first).
-            name: the file's name (default: the path's or file object's name, else "upload");
-                the server sanitises it.
-            progress: ``progress(sent_bytes, total_bytes)``, sync or async.
-            upload_id: the upload's id (default: a new UUID4); pass the id of an upload that
-                was interrupted earlier, even in another process, to resume it.
-
-        Returns:
-            What the server stored.
-
-        Raises:
-            BadRequestError: the server found a digest or size mismatch (it kept nothing).
-            TooLargeError: the file is over the server's limit.
-            UnauthorizedError: the server refused the key.
-            BusyError: another part of the same upload kept running on the server.
-            TransportError: the server could not be reached, or every attempt was cut.
+        Arguments, result and errors: as `Adapter.upload`.
         """
         # Imported here: siyi_sdk.upload builds on this package.
         from ..upload import websocket_upload
@@ -257,8 +239,7 @@ class WebSocketAdapter(Adapter):
         headers = dict(self.headers)
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
-        if self.session.key is not None:
-            headers[SESSION_HEADER] = self.session.key
+        headers.update(self.session.header())
         return headers
 
     async def _open(self) -> tuple[Peer, str | bytes | None]:

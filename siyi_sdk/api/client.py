@@ -128,19 +128,7 @@ class Api:
     ) -> FileInfo:
         """Upload a file through the adapter (`sender.upload`), on a connection of its own.
 
-        Args:
-            source: a path, bytes, a binary file object, or an async iterator of bytes.
-            name: the file's name (the server sanitises it).
-            progress: ``progress(sent_bytes, total_bytes)``, sync or async.
-            upload_id: the id of an earlier, interrupted upload to resume (default: new).
-
-        Returns:
-            What the server stored.
-
-        Raises:
-            BadRequestError: a digest or size mismatch (the server kept nothing).
-            TooLargeError: over the server's limit.
-            TransportError: the adapter cannot upload, or the upload could not get through.
+        Arguments, result and errors: as `Adapter.upload`.
         """
         return await self.sender.upload(source, name=name, progress=progress, upload_id=upload_id)
 
