@@ -1,0 +1,108 @@
+"""The server's own cost per request, without sockets: ``python -m benchmarks.inprocess``.
+
+Echo requests are fed straight to a `Peer` whose socket stand-in discards what is sent, 64 at
+a time, so the figures are siyi-sdk's Python cost alone (no kernel, no aiohttp I/O). Printed:
+CPU µs per request through the full dispatch path and with the at-most-once cache replaced by
+a pass-through (their difference is the cache's cost), then the process RSS as the cache fills
+to its bound (100,000 remembered Responses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType
+
+from siyi_sdk import Connection, ProtocolServer, Response
+from siyi_sdk.peer import Peer
+from siyi_sdk.server.state import CacheKey, ResponseCache
+
+
+class _NullSocket:
+    """A WebSocket stand-in: sends are discarded, nothing is ever received."""
+
+    closed = False
+    close_code: int | None = None
+
+    async def receive(self, timeout: float | None = None) -> Any:
+        raise NotImplementedError
+
+    async def send_frame(
+        self, message: bytes, opcode: WSMsgType, compress: int | None = None
+    ) -> None:
+        return None
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        return True
+
+
+class _PassThrough(ResponseCache):
+    """No at-most-once: every request runs."""
+
+    async def run_once(self, key: CacheKey, compute: Callable[[], Awaitable[Response]]) -> Response:
+        return await compute()
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _rss_mib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def _server(cache: ResponseCache | None) -> ProtocolServer:
+    server = ProtocolServer(port=0, response_cache=cache)
+
+    @server.command("echo")
+    async def echo(connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        return params
+
+    return server
+
+
+async def _feed(server: ProtocolServer, count: int, tag: str) -> float:
+    """Feed `count` echo requests; return the CPU µs per request."""
+    session = server.sessions.open(None, None, {})
+    peer = Peer(
+        _NullSocket(),
+        on_request=lambda request: server.handle(session, request, session.session),
+        on_event=lambda event: asyncio.sleep(0),
+    )
+    started = time.process_time()
+    for i in range(count):
+        frame = orjson.dumps(
+            {"id": f"{tag}-{i}", "type": "request", "command": "echo", "params": {"m": "x" * 60}}
+        )
+        await peer._on_frame(frame)
+        if i % 64 == 63:
+            await asyncio.sleep(0)  # as a socket read would: let the handlers run
+    while peer.handling:
+        await asyncio.gather(*list(peer.handling))
+    return (time.process_time() - started) / count * 1e6
+
+
+async def main() -> None:
+    """Print the figures (each the best of 3 runs of 60,000 requests), then RSS vs cache size."""
+    for label, cache in (("full path", None), ("no at-most-once cache", _PassThrough())):
+        best = min([await _feed(_server(cache), 60_000, f"{label}{n}") for n in range(3)])
+        print(f"{label:28s} {best:6.2f} µs/request")
+    server = _server(None)
+    print(f"RSS before: {_rss_mib()} MiB")
+    for chunk in range(3):
+        await _feed(server, 50_000, f"fill{chunk}")
+        print(
+            f"RSS after {(chunk + 1) * 50_000:,} requests: {_rss_mib()} MiB "
+            f"({len(server.response_cache):,} Responses remembered)"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
