@@ -39,10 +39,11 @@ from ..packets import (
     parse_message,
 )
 from ..peer import Peer, call_event_handler, call_request_handler, encode_response
+from .backplane import Backplane, MemoryBackplane
 from .connection import Connection
 from .routing import Route
 from .sessions import SessionRegistry
-from .state import MemoryResponseCache, ResponseCache
+from .state import ResponseCache
 from .uploads import UploadHandler, Uploads
 
 __all__ = ["ProtocolServer"]
@@ -105,6 +106,9 @@ class ProtocolServer:
         max_upload_size: the largest upload accepted, in bytes (413 beyond).
         upload_resume_ttl: seconds a partial upload waits to be resumed before it is removed.
         upload_path: the path of the upload endpoints (POST, WebSocket, GET ``/{id}``).
+        backplane: where sessions, buffers, the response cache and broadcasts live. The
+            default, `MemoryBackplane`, keeps them in this process; give each of several
+            server processes a `RedisBackplane` on one Redis to serve as one server.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class ProtocolServer:
         max_upload_size: int = 100 * 1024 * 1024,
         upload_resume_ttl: float = 600.0,
         upload_path: str = "/upload",
+        backplane: Backplane | None = None,
     ) -> None:
         self.host = host
         self._port = port
@@ -148,18 +153,22 @@ class ProtocolServer:
         self.events_path = events_path
         self.verify_key = verify_key
         self.authenticate = authenticate
+        self.backplane: Backplane = backplane if backplane is not None else MemoryBackplane()
+        self.backplane.bind(self)
         self.sessions = SessionRegistry(
             ttl=session_ttl,
             max_sessions=max_sessions,
             buffer_size=session_buffer,
             request_timeout=request_timeout,
             on_end=self._session_ended,
+            factory=self.backplane.session_factory(),
+            on_retire=self._retired if self.backplane.shared else None,
         )
         # `is None`, not `or`: a cache defines __len__, so an empty one is falsy.
         self.response_cache = (
             response_cache
             if response_cache is not None
-            else MemoryResponseCache(ttl=response_cache_ttl)
+            else self.backplane.response_cache(response_cache_ttl)
         )
         self._request_handler: ServerRequestHandler | None = None
         self._event_handlers: list[ServerEventHandler] = []
@@ -324,9 +333,11 @@ class ProtocolServer:
         )
         await runner.setup()
         try:
+            await self.backplane.start()
             await web.TCPSite(runner, self.host, self._port).start()
         except BaseException:
             await runner.cleanup()
+            await self.backplane.stop()
             raise
         self._runner = runner
         self._sweeper = asyncio.create_task(self._sweep_sessions())
@@ -371,13 +382,18 @@ class ProtocolServer:
         await runner.cleanup()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        self.sessions.end_all()
+        if self.backplane.shared:
+            # The sessions live on in the backplane: their clients resume on another node.
+            self.sessions.forget_all()
+        else:
+            self.sessions.end_all()
         # What is left (connect and session-end handlers) gets the same grace as requests.
         if self._background:
             await asyncio.wait(set(self._background), timeout=self.shutdown_timeout)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.backplane.stop()
         self._runner = None
         self._stopping_task = None
         self._stopped.set()
@@ -429,10 +445,55 @@ class ProtocolServer:
         """
         await connection.send_event(name, data)
 
-    def _targets(self, exclude: Iterable[Connection] | None) -> list[Connection]:
-        # Attached peers, and detached ones that take packets (they get them on return).
-        skip = set(exclude) if exclude else ()
-        return [c for c in self.sessions if c not in skip and (c.receives or c.is_connected)]
+    async def find_session(self, key: str) -> Connection | None:
+        """The Connection of a live session by its key, wherever its client is attached.
+
+        With a shared backplane this finds sessions opened on other nodes too; `send_event`
+        and `send_request` through the handle are routed to the node holding the client.
+        """
+        return await self.backplane.find_session(key)
+
+    def local_targets(self, exclude: Iterable[str]) -> list[Connection]:
+        """The sessions a broadcast reaches in this process (`exclude`: session keys).
+
+        Attached peers, and with the in-memory backplane detached ones that take packets
+        (they get them on return; a shared backplane buffers for those itself).
+        """
+        skip = set(exclude)
+        away_too = not self.backplane.shared
+        return [
+            c
+            for c in self.sessions
+            if c.session not in skip and (c.is_connected or (away_too and c.receives))
+        ]
+
+    async def deliver_all(
+        self, targets: Iterable[Connection], packet_id: str, frame: bytes
+    ) -> None:
+        """Deliver one encoded packet to each of `targets`, never waiting for a slow peer."""
+        for connection in targets:
+            # One after the other, no task per client (that doubled the time of a broadcast):
+            # deliver() writes straight to the socket, or queues behind a peer that does not
+            # read, or buffers for one that is away. It never waits for a peer.
+            with contextlib.suppress(NotConnectedError):
+                await connection.deliver(packet_id, frame)
+
+    async def ask_all(
+        self,
+        targets: list[Connection],
+        command: str,
+        params: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> list[Response | Exception]:
+        """Send a request to each of `targets` at once; their answers (or errors), in order."""
+        results = await asyncio.gather(
+            *(c.send_request(command, params, timeout=timeout) for c in targets),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancellation: do not swallow it
+        return results  # type: ignore[return-value]
 
     async def broadcast_event(
         self, name: str, data: Any = None, *, exclude: Iterable[Connection] | None = None
@@ -444,12 +505,8 @@ class ProtocolServer:
         """
         event = Event(name=name, data=data)
         frame = kept(encode(event))  # one copy, shared by every buffer that keeps it
-        for connection in self._targets(exclude):
-            # One after the other, no task per client (that doubled the time of a broadcast):
-            # deliver() writes straight to the socket, or queues behind a peer that does not
-            # read, or buffers for one that is away. It never waits for a peer.
-            with contextlib.suppress(NotConnectedError):
-                await connection.deliver(event.id, frame)
+        skip = [c.session for c in exclude] if exclude else ()
+        await self.backplane.broadcast_event(event.id, frame, skip)
 
     async def broadcast_request(
         self,
@@ -468,17 +525,9 @@ class ProtocolServer:
             For each client asked, its Response (ok or error) or the exception raised for it
             (`RequestTimeoutError`, `ConnectionClosedError`, ...).
         """
-        targets = self._targets(exclude)
-        results = await asyncio.gather(
-            *(c.send_request(command, params, timeout=timeout) for c in targets),
-            return_exceptions=True,
-        )
-        answers: dict[Connection, Response | Exception] = {}
-        for conn, result in zip(targets, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result  # cancellation: do not swallow it
-            answers[conn] = result
-        return answers
+        skip = [c.session for c in exclude] if exclude else ()
+        timeout = self.request_timeout if timeout is None else timeout
+        return await self.backplane.broadcast_request(command, params, timeout, skip)
 
     # Dispatch -------------------------------------------------------------------------------
 
@@ -549,8 +598,32 @@ class ProtocolServer:
     # Sessions and authentication -------------------------------------------------------------
 
     def _session_ended(self, connection: Connection) -> None:
+        if self.backplane.shared:
+            self._spawn(self.backplane.end_session(connection))
+        self.session_ended(connection)
+
+    def session_ended(self, connection: Connection) -> None:
+        """Run the session-end handlers for `connection` (the backplane calls this too)."""
         for handler in self._session_end_handlers:
             self._spawn(call_event_handler(handler, (connection,), "session end"))
+
+    def _retired(self, connection: Connection) -> None:
+        # A shared backplane: this process forgets an idle handle; the session may live on.
+        async def retire() -> None:
+            if not await self.backplane.retire(connection):
+                connection.end()
+                self.session_ended(connection)
+
+        self._spawn(retire())
+
+    def _touch(self, session: Connection) -> None:
+        self.sessions.touch(session)
+        if self.backplane.shared:
+            self._spawn(self.backplane.touch_session(session))
+
+    def _on_response(self, session: Connection, response: Response) -> bool:
+        # An answer to a request sent through this session: waited for here, or elsewhere.
+        return session.resolve(response) or self.backplane.forward_response(session, response)
 
     async def _sweep_sessions(self) -> None:
         # Expiry needs a clock, not traffic: a detached session nobody touches must still go.
@@ -598,20 +671,35 @@ class ProtocolServer:
             raise _Refused("authentication failed")
         return principal
 
-    def _session_for(self, request: web.BaseRequest, principal: Any) -> tuple[Connection, bool]:
+    async def _session_for(
+        self, request: web.BaseRequest, principal: Any
+    ) -> tuple[Connection, bool]:
         """The caller's session (found by its key, else newly opened) and whether it was found.
 
         Raises:
             OverflowError: no room for a new session.
         """
-        session = self.sessions.get(request.headers.get(SESSION_HEADER))
+        key = request.headers.get(SESSION_HEADER)
+        session = self.sessions.get(key)
+        if session is None and key and self.backplane.shared:
+            # Opened on another node (or this one, before its handle was retired).
+            record = await self.backplane.load_session(key)
+            if record is not None:
+                session = self.sessions.get(key)  # another call may have made it meanwhile
+                if session is None:
+                    session = self.sessions.add(
+                        key, record.principal, self._remote(request), request.headers
+                    )
+                    session.receives = record.receives
         found = session is not None
         if session is None:
             session = self.sessions.open(principal, self._remote(request), request.headers)
+            if self.backplane.shared:
+                await self.backplane.save_session(session)
         else:
             session.remote_address = self._remote(request)
             session.headers = request.headers
-            self.sessions.touch(session)
+            self._touch(session)
         return session, found
 
     @staticmethod
@@ -629,7 +717,7 @@ class ProtocolServer:
         except _Refused as exc:
             return self._refusal(401, StatusCode.UNAUTHORIZED, f"unauthorized: {exc}")
         try:
-            return self._session_for(request, principal)
+            return await self._session_for(request, principal)
         except OverflowError as exc:
             return self._refusal(503, StatusCode.UNAVAILABLE, f"unavailable: {exc}")
 
@@ -661,7 +749,7 @@ class ProtocolServer:
             on_event=lambda event: self._deliver_event(session, event),
             max_in_flight=self.max_in_flight,
             label=f"connection #{session.id}",
-            on_response=session.resolve,
+            on_response=lambda response: self._on_response(session, response),
             transport=request.transport,
         )
         self._peers.add(peer)
@@ -670,18 +758,7 @@ class ProtocolServer:
             logger.info("%r: a new WebSocket takes the session over", session)
             self._spawn(previous.close(TAKEN_OVER, "session taken over by another connection"))
         session.receives = True
-        greeting = Event(
-            name=SESSION_EVENT,
-            data={
-                "session": session.session,
-                "protocol": PROTOCOL_VERSION,
-                "heartbeat_interval": self.heartbeat_interval,
-                "resumed": resumed,
-                "dropped": session.dropped,
-            },
-        )
-        session.dropped = 0
-        self._spawn(self._greet(session, peer, greeting))
+        self._spawn(self._greet(session, peer, resumed))
         try:
             await peer.run()
         finally:
@@ -689,6 +766,8 @@ class ProtocolServer:
             attached = session.detach(peer)
             if attached:
                 self.sessions.touch(session)
+                if self.backplane.shared:
+                    await self.backplane.release(session)
             logger.debug("%r disconnected (code %s)", session, peer.close_code)
             if attached:
                 for handler in self._disconnect_handlers:
@@ -698,8 +777,19 @@ class ProtocolServer:
                 self.sessions.end(session)
         return ws
 
-    async def _greet(self, session: Connection, peer: Peer, greeting: Event) -> None:
+    async def _greet(self, session: Connection, peer: Peer, resumed: bool) -> None:
         # The session event first, then what waited in the buffer, then anything new.
+        dropped = await self.backplane.claim(session)
+        greeting = Event(
+            name=SESSION_EVENT,
+            data={
+                "session": session.session,
+                "protocol": PROTOCOL_VERSION,
+                "heartbeat_interval": self.heartbeat_interval,
+                "resumed": resumed,
+                "dropped": dropped,
+            },
+        )
         try:
             await peer.send(greeting)
         except (NotConnectedError, ConnectionClosedError):
@@ -773,7 +863,7 @@ class ProtocolServer:
         if isinstance(packet, Event):
             await self._deliver_event(session, packet)
         else:
-            session.resolve(packet)  # the answer to a request it got through /events
+            self._on_response(session, packet)  # the answer to a request sent via /events
         return self._packet_response(Response.success(packet.id), 200, session)
 
     async def _events(self, request: web.Request) -> web.Response:
@@ -790,13 +880,13 @@ class ProtocolServer:
         session.receives = True
         session.polls += 1  # a poll under way is activity: the session cannot expire
         try:
-            frames = session.take(after)
+            frames = await session.take(after)
             if not frames and wait > 0 and not self._stopping:
                 await session.wait_for_packets(wait)
-                frames = session.take(None if after is None else "")
+                frames = await session.take(None if after is None else "")
         finally:
             session.polls -= 1
-            self.sessions.touch(session)
+            self._touch(session)
         return web.Response(
             body=b"[" + b",".join(frames) + b"]",
             content_type=_JSON,

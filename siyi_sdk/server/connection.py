@@ -133,6 +133,10 @@ class Connection:
                 return
             except (NotConnectedError, ConnectionClosedError):
                 pass  # it dropped just now: keep the packet for the peer's return
+        await self._keep(packet_id, frame)
+
+    async def _keep(self, packet_id: str, frame: bytes) -> None:
+        """Where a packet goes when the peer cannot take it now (a shared session routes it)."""
         self.buffer(packet_id, frame)
 
     def _queue(self, peer: Peer, packet_id: str, frame: bytes) -> None:
@@ -157,7 +161,7 @@ class Connection:
                 except (NotConnectedError, ConnectionClosedError):
                     # Dropped: what was still queued waits in the buffer for its return.
                     while outbox:
-                        self.buffer(*outbox.popleft())
+                        await self._keep(*outbox.popleft())
                     return
                 outbox.popleft()
         finally:
@@ -200,7 +204,8 @@ class Connection:
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[request.id] = future
         try:
-            self.buffer(request.id, kept(encode(request)))
+            await self._expect_answer(request.id, timeout)
+            await self._keep(request.id, kept(encode(request)))
             try:
                 async with asyncio.timeout(timeout):
                     return await future
@@ -210,6 +215,12 @@ class Connection:
                 ) from None
         finally:
             del self._pending[request.id]
+
+    async def _expect_answer(self, request_id: str, timeout: float | None) -> None:
+        """A request is about to leave for a peer that is not here.
+
+        A shared session notes which node waits for the answer.
+        """
 
     def resolve(self, response: Response) -> bool:
         """Hand over the answer to a request sent while the peer was away.
@@ -225,7 +236,7 @@ class Connection:
 
     # Replay and polling ----------------------------------------------------------------------
 
-    def take(self, after: str | None) -> list[bytes]:
+    async def take(self, after: str | None) -> list[bytes]:
         """What a poll of ``/events`` returns.
 
         Args:

@@ -30,6 +30,10 @@ class SessionRegistry:
         request_timeout: the default timeout of requests sent through a session.
         on_end: called with each session that ends (expired, closed, evicted).
         clock: monotonic seconds (injectable for tests).
+        factory: builds a session handle (the backplane's kind of `Connection`).
+        on_retire: when set, an expired or evicted handle is only forgotten here and handed
+            to it (a shared backplane decides whether the session lives on elsewhere);
+            otherwise it ends.
     """
 
     def __init__(
@@ -41,6 +45,8 @@ class SessionRegistry:
         request_timeout: float | None = 30.0,
         on_end: Callable[[Connection], None] = lambda connection: None,
         clock: Callable[[], float] = time.monotonic,
+        factory: Callable[..., Connection] = Connection,
+        on_retire: Callable[[Connection], None] | None = None,
     ) -> None:
         self.ttl = ttl
         self.max_sessions = max_sessions
@@ -48,6 +54,8 @@ class SessionRegistry:
         self.request_timeout = request_timeout
         self._on_end = on_end
         self._clock = clock
+        self._factory = factory
+        self._on_retire = on_retire
         # Ordered by last activity, oldest first: expiry and eviction only ever look at the
         # front, so a flood of one-off HTTP callers costs O(1) per session, not a scan.
         self._sessions: OrderedDict[str, Connection] = OrderedDict()
@@ -67,7 +75,7 @@ class SessionRegistry:
             return None
         session = self._sessions.get(key)
         if session is not None and self._expired(session, self._clock()):
-            self.end(session)
+            self.retire(session)
             return None
         return session
 
@@ -85,9 +93,24 @@ class SessionRegistry:
             idle = self._oldest_idle()
             if idle is None:
                 raise OverflowError(f"{self.max_sessions} sessions are live, all attached")
-            self.end(idle)
-        key = secrets.token_urlsafe(24)
-        session = Connection(
+            self.retire(idle)
+        session = self.add(secrets.token_urlsafe(24), principal, remote_address, headers)
+        logger.debug("session %r opened", session)
+        return session
+
+    def add(
+        self,
+        key: str,
+        principal: Any,
+        remote_address: tuple[str, int] | None,
+        headers: Mapping[str, str],
+    ) -> Connection:
+        """Make a handle for a session with a given key (one another node opened)."""
+        if len(self._sessions) >= self.max_sessions:
+            self.sweep()
+        if len(self._sessions) >= self.max_sessions and (idle := self._oldest_idle()):
+            self.retire(idle)
+        session = self._factory(
             session=key,
             principal=principal,
             remote_address=remote_address,
@@ -97,7 +120,6 @@ class SessionRegistry:
         )
         session.last_active = self._clock()
         self._sessions[key] = session
-        logger.debug("session %r opened", session)
         return session
 
     def touch(self, session: Connection) -> None:
@@ -123,14 +145,32 @@ class SessionRegistry:
             logger.debug("session %r ended", session)
             self._on_end(session)
 
+    def retire(self, session: Connection) -> None:
+        """An idle session leaves this process (expired or evicted).
+
+        It ends; or, with `on_retire` set, only its handle is forgotten here and handed over.
+        """
+        if self._on_retire is None:
+            self.end(session)
+        elif self._sessions.get(session.session) is session:
+            del self._sessions[session.session]
+            self._on_retire(session)
+
     def sweep(self) -> int:
-        """End every expired session. Returns how many ended."""
+        """Retire every expired session. Returns how many."""
         now = self._clock()
         ended = 0
         while (session := self._oldest_idle()) is not None and self._expired(session, now):
-            self.end(session)
+            self.retire(session)
             ended += 1
         return ended
+
+    def forget_all(self) -> None:
+        """Drop every handle here without ending the sessions (they live on elsewhere)."""
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        for session in sessions:
+            session.end()
 
     def end_all(self) -> None:
         """End every session (the server is stopping)."""
