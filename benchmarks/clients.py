@@ -18,7 +18,13 @@ connections of the row's own client, each listening for the ``bcast`` event:
   ``{"seq": seq, "received": k, "first": s, "last": s}`` with `time.monotonic()` receipt
   times, which are comparable across processes (CLOCK_MONOTONIC is system-wide on Linux).
 
-Both stop on ``{"cmd": "quit"}`` or when stdin closes.
+``python -m benchmarks.clients answer --row siyi_client|socketio --port N [--uvloop]`` opens
+one client that answers the server's ``echo`` requests (their params come back as the data)
+and says ``{"ready": true, "key": k}``: `k` names it to any node of the cluster (siyi: its
+session key; python-socketio: its sid). The server side times the round trips; this process
+only answers.
+
+All stop on ``{"cmd": "quit"}`` or when stdin closes.
 """
 
 from __future__ import annotations
@@ -301,6 +307,63 @@ class SiyiApiHttp:
         await self.adapter.close()
 
 
+class Answering(Protocol):
+    """A client that answers the server's ``echo`` requests; `key` names it to the server."""
+
+    async def start(self) -> None: ...
+
+    @property
+    def key(self) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+class SiyiAnswering(SiyiClient):
+    """A ProtocolClient whose request handler echoes; its key is its session key."""
+
+    def __init__(self, port: int, shared: Shared) -> None:
+        from siyi_sdk import Request, Response
+
+        super().__init__(port, shared, None)
+
+        def echo(request: Request) -> Response:
+            return Response.success(request.id, request.params)
+
+        self.client.on_request(echo)
+
+    @property
+    def key(self) -> str:
+        key = self.client.session.key
+        if key is None:
+            raise RuntimeError("the server opened no session")
+        return key
+
+
+class SocketIoAnswering(SocketIo):
+    """A python-socketio AsyncClient whose ``echo`` handler returns its data (the ack)."""
+
+    def __init__(self, port: int, shared: Shared) -> None:
+        super().__init__(port, shared, None)
+
+        async def echo(data: Any) -> Any:
+            return data
+
+        self.sio.on("echo", echo)
+
+    @property
+    def key(self) -> str:
+        sid = self.sio.get_sid()
+        if not isinstance(sid, str):
+            raise RuntimeError("no sid: not connected")
+        return sid
+
+
+ANSWERING: dict[str, Callable[[int, Shared], Answering]] = {
+    "siyi_client": SiyiAnswering,
+    "socketio": SocketIoAnswering,
+}
+
+
 ClientFactory = Callable[[int, Shared, EventSink | None], Client]
 
 CLIENTS: dict[str, ClientFactory] = {
@@ -367,6 +430,26 @@ async def load(row: str, port: int) -> None:
                 break
             else:
                 emit({"error": f"unknown command {cmd!r}"})
+    finally:
+        await client.close()
+        await shared.close()
+
+
+async def answer(row: str, port: int) -> None:
+    if row not in ANSWERING:
+        raise ValueError(f"row {row!r} cannot answer server requests")
+    shared = Shared()
+    client = ANSWERING[row](port, shared)
+    await client.start()
+    emit({"ready": True, "key": client.key})
+    lines = StdinLines()
+    try:
+        while True:
+            msg = await lines.next()
+            cmd = msg.get("cmd")
+            if cmd == "quit":
+                break
+            emit({"error": f"unknown command {cmd!r}"})
     finally:
         await client.close()
         await shared.close()
@@ -463,7 +546,7 @@ async def hold(row: str, port: int, count: int, parallel: int) -> None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.clients")
-    parser.add_argument("mode", choices=["load", "hold"])
+    parser.add_argument("mode", choices=["load", "hold", "answer"])
     parser.add_argument("--row", choices=sorted(CLIENTS), required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, default=1, help="hold: connections to hold")
@@ -475,6 +558,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     pin_from_env()
     if args.mode == "load":
         run_worker(load(args.row, args.port), use_uvloop=args.uvloop)
+    if args.mode == "answer":
+        run_worker(answer(args.row, args.port), use_uvloop=args.uvloop)
     run_worker(hold(args.row, args.port, args.count, args.parallel), use_uvloop=args.uvloop)
 
 

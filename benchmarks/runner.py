@@ -15,18 +15,20 @@ import os
 import platform
 import resource
 import shlex
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
-from .common import PAYLOAD_BYTES, have_module
+from .common import HOST, PAYLOAD_BYTES, have_module
 from .rows import ROW_BY_NAME, ROWS, Row
 
 __all__ = ["main"]
@@ -34,7 +36,12 @@ __all__ = ["main"]
 ROOT: Final = Path(__file__).resolve().parent.parent
 RESULTS: Final = Path(__file__).resolve().parent / "RESULTS.md"
 QUICK_RESULTS: Final = Path(__file__).resolve().parent / "RESULTS-quick.md"
-PHASES: Final = ("load", "broadcast", "idle", "big")
+PHASES: Final = ("load", "broadcast", "idle", "big", "scaleout")
+SCALE_ROWS: Final = {
+    "siyi_client": ("siyi ProtocolServer + ProtocolClient", "RedisBackplane"),
+    "socketio": ("python-socketio AsyncServer + AsyncClient", "AsyncRedisManager"),
+}
+"""The rows of the scale-out phase: the stacks with a Redis backplane (label, backplane)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,15 @@ class Settings:
     big_repeats: int
     big_heartbeat: float
     big_hold: float
+    scale_nodes: int
+    """Server processes sharing one redis-server in the scale-out broadcast."""
+    scale_clients: int
+    """Clients per node in the scale-out broadcast (one holder process per node)."""
+    scale_warmup: int
+    scale_repeats: int
+    cross_warmup: int
+    cross_requests: int
+    cross_repeats: int
 
 
 PRESETS: Final = {
@@ -84,6 +100,13 @@ PRESETS: Final = {
         big_repeats=3,
         big_heartbeat=5.0,
         big_hold=8.0,
+        scale_nodes=3,
+        scale_clients=500,
+        scale_warmup=3,
+        scale_repeats=9,
+        cross_warmup=300,
+        cross_requests=2000,
+        cross_repeats=5,
     ),
     "quick": Settings(
         mode="quick",
@@ -105,6 +128,13 @@ PRESETS: Final = {
         big_repeats=0,
         big_heartbeat=1.0,
         big_hold=1.6,
+        scale_nodes=3,
+        scale_clients=500,
+        scale_warmup=2,
+        scale_repeats=5,
+        cross_warmup=100,
+        cross_requests=500,
+        cross_repeats=3,
     ),
     "smoke": Settings(
         mode="smoke",
@@ -126,6 +156,13 @@ PRESETS: Final = {
         big_repeats=0,
         big_heartbeat=0.5,
         big_hold=0.8,
+        scale_nodes=3,
+        scale_clients=4,
+        scale_warmup=1,
+        scale_repeats=1,
+        cross_warmup=5,
+        cross_requests=20,
+        cross_repeats=1,
     ),
 }
 
@@ -252,11 +289,13 @@ class Processes:
         self.servers: list[Worker] = []
         self.clients: list[Worker] = []
 
-    async def server(self, stack: str, heartbeat: float) -> Worker:
+    async def server(
+        self, stack: str, heartbeat: float, extra: Iterable[str] = (), name: str | None = None
+    ) -> Worker:
         worker = await Worker.spawn(
-            f"{stack} server",
+            name or f"{stack} server",
             "benchmarks.servers",
-            ["--stack", stack, "--heartbeat", str(heartbeat)],
+            ["--stack", stack, "--heartbeat", str(heartbeat), *extra],
             self.use_uvloop,
             self.server_cpus,
         )
@@ -269,7 +308,7 @@ class Processes:
             name, "benchmarks.clients", args, self.use_uvloop, self.client_cpus
         )
         self.clients.append(worker)
-        await worker.recv("ready", 60)
+        worker.hello = await worker.recv("ready", 60)
         return worker
 
     async def stop(self) -> None:
@@ -386,6 +425,30 @@ async def _connect(holders: list[Worker], timeout: float) -> tuple[int, int, flo
     return connected, failed, float(elapsed)
 
 
+Broadcast = tuple[dict[str, Any], list[dict[str, Any]]]
+"""One broadcast: the server's ``{"t0", "t1"}`` and every holder's receipt report, in order."""
+
+
+async def _broadcasts(
+    server: Worker, holders: list[Worker], warmup: int, repeats: int
+) -> list[Broadcast]:
+    """`warmup` + `repeats` broadcasts from `server`, one at a time; the last `repeats`."""
+    measured: list[Broadcast] = []
+    for seq in range(warmup + repeats):
+        sent = await server.ask({"cmd": "broadcast", "seq": seq}, "t0", 60)
+        reports: list[dict[str, Any]] = []
+        for holder in holders:
+            while True:  # skip reports of earlier broadcasts, if any came late
+                report = await holder.recv("seq", 30)
+                if report["seq"] == seq:
+                    break
+            reports.append(report)
+        if seq >= warmup:
+            measured.append((sent, reports))
+        await asyncio.sleep(0.05)
+    return measured
+
+
 async def phase_broadcast(s: Settings, row: Row, results: Results) -> None:
     """One event to `broadcast_clients` clients: from the server's call to the last receipt.
 
@@ -405,19 +468,12 @@ async def phase_broadcast(s: Settings, row: Row, results: Results) -> None:
         stats = await _wait_conns(server, n, 30)
         if stats["conns"] != n:
             raise WorkerError(f"the server counts {stats['conns']} connections, not {n}")
-        for seq in range(s.broadcast_warmup + s.broadcast_repeats):
-            sent = await server.ask({"cmd": "broadcast", "seq": seq}, "t0", 60)
-            lasts: list[float] = []
-            for holder in holders:
-                while True:  # skip reports of earlier broadcasts, if any came late
-                    report = await holder.recv("seq", 30)
-                    if report["seq"] == seq:
-                        break
-                lasts.append(report["last"])
-            if seq >= s.broadcast_warmup:
-                results.add(row.name, "bcast_ms", (max(lasts) - sent["t0"]) * 1e3)
-                results.add(row.name, "bcast_call_ms", (sent["t1"] - sent["t0"]) * 1e3)
-            await asyncio.sleep(0.05)
+        for sent, reports in await _broadcasts(
+            server, holders, s.broadcast_warmup, s.broadcast_repeats
+        ):
+            last = max(r["last"] for r in reports)
+            results.add(row.name, "bcast_ms", (last - sent["t0"]) * 1e3)
+            results.add(row.name, "bcast_call_ms", (sent["t1"] - sent["t0"]) * 1e3)
         log(f"broadcast: {row.name} done ({s.broadcast_repeats} x {n} clients)")
     finally:
         await procs.stop()
@@ -456,12 +512,225 @@ async def idle_run(
         await procs.stop()
 
 
-async def run_loop(s: Settings, rows: list[Row], phases: set[str], loop: str, pin: bool) -> Results:
+class RedisServer:
+    """One redis-server of our own on a free loopback port, for the scale-out phase's nodes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"redis://{HOST}:{port}/0"
+        self._runs = 0
+
+    @classmethod
+    async def start(cls, binary: str, cpus: str | None) -> RedisServer:
+        """Start it (pinned with the servers), and wait until it answers PING."""
+        for _ in range(3):
+            with socket.socket() as probe:  # a free port; another process may take it first
+                probe.bind((HOST, 0))
+                port = int(probe.getsockname()[1])
+            argv = [binary, "--port", str(port), "--bind", HOST]
+            argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if cpus and hasattr(os, "sched_setaffinity"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(proc.pid, {int(c) for c in cpus.split(",")})
+            redis = cls(proc, port)
+            deadline = time.monotonic() + 10
+            while proc.returncode is None and time.monotonic() < deadline:
+                try:
+                    await redis._ping()
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                return redis
+            await redis.stop()
+        raise WorkerError(f"{binary} did not start")
+
+    async def _ping(self) -> None:
+        from redis.asyncio import Redis
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        client = Redis.from_url(self.url)
+        try:
+            await client.ping()
+        except RedisConnectionError as exc:
+            raise OSError(str(exc)) from None
+        finally:
+            await client.aclose()
+
+    def node(self) -> tuple[str, list[str]]:
+        """A fresh prefix (keeps this run apart from the earlier ones), and a node's arguments."""
+        self._runs += 1
+        prefix = f"bench{os.getpid()}-{self._runs}"
+        return prefix, ["--redis", self.url, "--prefix", prefix]
+
+    async def wait_subscribed(self, channel: str, count: int, timeout: float = 10.0) -> int:
+        """Wait until `count` clients subscribe to `channel`; how many did."""
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(self.url)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                numsub = await client.pubsub_numsub(channel)
+                subscribed = int(numsub[0][1]) if numsub else 0
+                if subscribed >= count or time.monotonic() > deadline:
+                    return subscribed
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        """Terminate it (this child, by its handle); kill it if it lingers."""
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def scale_broadcast(
+    s: Settings, row: Row, results: Results, redis: RedisServer | None, nodes: int, key: str
+) -> None:
+    """`nodes` servers (sharing `redis`), `scale_clients` clients on each, broadcasts from node 1.
+
+    Samples: ``{key}_ms`` from the call on node 1 to the last receipt on any node,
+    ``{key}_call_ms`` the call itself and, with several nodes, ``{key}_remote_ms`` from the
+    call to the first receipt on another node (the backplane's hop).
+    """
+    procs = Processes(results.loop == "uvloop", results.pin)
+    try:
+        prefix, extra = redis.node() if redis else ("", [])
+        servers = list(
+            await asyncio.gather(
+                *(
+                    procs.server(row.stack, 30.0, extra, f"{row.stack} node {i + 1}/{nodes}")
+                    for i in range(nodes)
+                )
+            )
+        )
+        n = s.scale_clients
+        groups = await asyncio.gather(
+            *(_hold_clients(procs, row, server.port, n, 1) for server in servers)
+        )
+        holders = [holder for group in groups for holder in group]
+        connected, failed, _ = await _connect(holders, 300)
+        if connected != n * nodes:
+            raise WorkerError(
+                f"only {connected} of {n * nodes} clients connected ({failed} failed)"
+            )
+        for i, server in enumerate(servers):
+            stats = await _wait_conns(server, n, 30)
+            if stats["conns"] != n:
+                raise WorkerError(f"node {i + 1} counts {stats['conns']} connections, not {n}")
+        if redis and row.stack == "socketio":
+            # Its nodes subscribe in the background once their first client has connected.
+            subscribed = await redis.wait_subscribed(prefix, nodes)
+            if subscribed < nodes:
+                raise WorkerError(f"only {subscribed} of {nodes} nodes subscribed to {prefix}")
+        local = len(groups[0])
+        for sent, reports in await _broadcasts(
+            servers[0], holders, s.scale_warmup, s.scale_repeats
+        ):
+            last = max(r["last"] for r in reports)
+            results.add(row.name, f"{key}_ms", (last - sent["t0"]) * 1e3)
+            results.add(row.name, f"{key}_call_ms", (sent["t1"] - sent["t0"]) * 1e3)
+            if nodes > 1:
+                first = min(r["first"] for r in reports[local:])
+                results.add(row.name, f"{key}_remote_ms", (first - sent["t0"]) * 1e3)
+        where = f"{nodes} node(s), {'Redis' if redis else 'in memory'}"
+        log(f"scaleout: {row.name} broadcast done ({where}, {s.scale_repeats} x {n * nodes})")
+    finally:
+        await procs.stop()
+
+
+async def cross_latency(s: Settings, row: Row, results: Results, redis: RedisServer) -> None:
+    """Requests sent by node B to a client on node B (same node) and on node A (cross node).
+
+    Node B times each ``send_request`` (python-socketio: ``call``) itself; the two figures are
+    interleaved, in alternating order, within each repeat.
+    """
+    procs = Processes(results.loop == "uvloop", results.pin)
+    try:
+        _, extra = redis.node()
+        node_a, node_b = await asyncio.gather(
+            procs.server(row.stack, 30.0, extra, f"{row.stack} node A"),
+            procs.server(row.stack, 30.0, extra, f"{row.stack} node B"),
+        )
+        on_a, on_b = await asyncio.gather(
+            procs.client(
+                f"{row.name} on node A", ["answer", "--row", row.name, "--port", str(node_a.port)]
+            ),
+            procs.client(
+                f"{row.name} on node B", ["answer", "--row", row.name, "--port", str(node_b.port)]
+            ),
+        )
+        await asyncio.gather(_wait_conns(node_a, 1, 30), _wait_conns(node_b, 1, 30))
+        pairs = [("same", on_b), ("cross", on_a)]
+        for rep in range(s.cross_repeats):
+            for figure, client in pairs if rep % 2 == 0 else pairs[::-1]:
+                answer = await node_b.ask(
+                    {
+                        "cmd": "call",
+                        "key": client.hello["key"],
+                        "warmup": s.cross_warmup if rep == 0 else 0,
+                        "requests": s.cross_requests,
+                    },
+                    "called",
+                    600,
+                )
+                results.add(row.name, f"so_{figure}_p50", answer["p50"] * 1e6)
+                results.add(row.name, f"so_{figure}_p99", answer["p99"] * 1e6)
+                results.add(row.name, f"so_{figure}_rps", answer["rps"])
+        log(f"scaleout: {row.name} requests done ({s.cross_repeats} x {s.cross_requests})")
+    finally:
+        await procs.stop()
+
+
+Guard = Callable[[str, Awaitable[None]], Awaitable[None]]
+"""Runs one part of a phase; a WorkerError is recorded in the results, not raised."""
+
+
+async def phase_scaleout(
+    s: Settings, rows: list[Row], results: Results, binary: str, guarded: Guard
+) -> None:
+    """Broadcast over 1 and `scale_nodes` nodes sharing one redis-server; cross-node requests."""
+    redis = await RedisServer.start(binary, cpu_split(results.pin)[0])
+    try:
+        for row in rows:
+            await guarded(
+                f"scaleout {row.name} in memory",
+                scale_broadcast(s, row, results, None, 1, "so_mem1"),
+            )
+            await guarded(
+                f"scaleout {row.name} 1 node", scale_broadcast(s, row, results, redis, 1, "so_one")
+            )
+            await guarded(
+                f"scaleout {row.name} {s.scale_nodes} nodes",
+                scale_broadcast(s, row, results, redis, s.scale_nodes, "so_all"),
+            )
+        for row in rows:
+            await guarded(f"scaleout {row.name} requests", cross_latency(s, row, results, redis))
+    finally:
+        await redis.stop()
+
+
+async def run_loop(
+    s: Settings, rows: list[Row], phases: set[str], loop: str, pin: bool, redis: str | None
+) -> Results:
     """Every phase asked for, on one event loop (asyncio or uvloop)."""
     results = Results(loop, pin)
     holding = [row for row in rows if row.holds]
 
-    async def guarded(what: str, work: Any) -> None:
+    async def guarded(what: str, work: Awaitable[None]) -> None:
         try:
             await work
         except WorkerError as exc:
@@ -492,6 +761,9 @@ async def run_loop(s: Settings, rows: list[Row], phases: set[str], loop: str, pi
                     ),
                 )
             log(f"big idle: repeat {rep + 1}/{s.big_repeats} done ({s.big_conns} connections)")
+    scaling = [row for row in rows if row.name in SCALE_ROWS]
+    if "scaleout" in phases and scaling and redis:
+        await guarded("scaleout", phase_scaleout(s, scaling, results, redis, guarded))
     return results
 
 
@@ -593,7 +865,101 @@ def target_lines(results: Results) -> tuple[list[str], list[bool]]:
     return _table(header, body), verdicts
 
 
-def report(s: Settings, rows: list[Row], results: Results) -> list[str]:
+def _problem(error: str) -> str:
+    """One line for a problem: a worker's traceback is summed up by its last line."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    first = lines[0] if lines else error
+    if len(lines) > 1 and first.endswith("Traceback (most recent call last):"):
+        first = f"{first.removesuffix('Traceback (most recent call last):')}{lines[-1]}"
+    return first[:300]
+
+
+def _ratio(mine: float | None, base: float | None, digits: int = 2) -> str:
+    return "—" if mine is None or base is None or base == 0 else f"{mine / base:.{digits}f}×"
+
+
+def scaleout_lines(s: Settings, rows: list[Row], results: Results) -> list[str]:
+    """The scale-out tables: broadcast over Redis, and requests across nodes."""
+    rows = [row for row in rows if row.name in SCALE_ROWS]
+    n, k = s.scale_clients, s.scale_nodes
+    lines = [
+        f"Scale-out over one redis-server: broadcast to {n:,} clients per node (one client "
+        f"process per node), from node 1, {s.scale_repeats} broadcasts after "
+        f"{s.scale_warmup} warm-up; every node and redis-server share the servers' core(s). "
+        f"Server-initiated `echo` requests, one at a time, {s.cross_requests:,} per repeat, "
+        f"{s.cross_repeats} repeats, timed in node B: to a client on node B (same node) and "
+        "to one on node A (cross node).",
+        "",
+    ]
+    m = results.median
+    names = {row.name for row in rows}
+    both = {"siyi_client", "socketio"} <= names
+    header = [
+        "row",
+        "nodes × clients",
+        "broadcast: until last receipt, ms",
+        "until first receipt on another node, ms",
+        "server call, ms",
+        "last receipt vs 1 node with Redis",
+        "last receipt, siyi / python-socketio",
+    ]
+    body = []
+    for row in rows:
+        label, backplane = SCALE_ROWS[row.name]
+        configs = (
+            ("so_mem1", f"1 × {n:,}, in memory (no Redis)"),
+            ("so_one", f"1 × {n:,}, {backplane}"),
+            ("so_all", f"{k} × {n:,} = {k * n:,}, {backplane}"),
+        )
+        for key, what in configs:
+            versus = "—"
+            if both and row.name == "siyi_client":
+                versus = _ratio(m(row.name, f"{key}_ms"), m("socketio", f"{key}_ms"))
+            body.append(
+                [
+                    label,
+                    what,
+                    cell(results.get(row.name, f"{key}_ms"), 2),
+                    cell(results.get(row.name, f"{key}_remote_ms"), 2),
+                    cell(results.get(row.name, f"{key}_call_ms"), 2),
+                    _ratio(m(row.name, f"{key}_ms"), m(row.name, "so_one_ms"))
+                    if key == "so_all"
+                    else "—",
+                    versus,
+                ]
+            )
+    lines += _table(header, body)
+    header = [
+        "row",
+        "same node: p50 µs",
+        "same node: p99 µs",
+        "cross node: p50 µs",
+        "cross node: p99 µs",
+        "cross node: req/s",
+        "cross / same (p50)",
+    ]
+    metrics: tuple[str, ...] = ("so_same_p50", "so_same_p99", "so_cross_p50", "so_cross_p99")
+    body = []
+    for row in rows:
+        g = results.get
+        body.append(
+            [
+                f"{SCALE_ROWS[row.name][0]} + {SCALE_ROWS[row.name][1]}",
+                *(cell(g(row.name, metric), _digits_us(g(row.name, metric))) for metric in metrics),
+                cell(g(row.name, "so_cross_rps")),
+                _ratio(m(row.name, "so_cross_p50"), m(row.name, "so_same_p50")),
+            ]
+        )
+    if both:
+        metrics += ("so_cross_rps",)
+        versus = "siyi / python-socketio (ratio of medians)"
+        body.append(
+            [versus, *(_ratio(m("siyi_client", x), m("socketio", x)) for x in metrics), "—"]
+        )
+    return [*lines, "", *_table(header, body)]
+
+
+def report(s: Settings, rows: list[Row], results: Results, phases: set[str]) -> list[str]:
     lines = [f"### Event loop: {results.loop}", ""]
     lines.append(
         f"Request/response: {s.seq_requests:,} sequential and {s.par_requests:,} with "
@@ -664,11 +1030,13 @@ def report(s: Settings, rows: list[Row], results: Results) -> list[str]:
             ]
         )
     lines += _table(header, body)
+    if "scaleout" in phases:
+        lines += ["", *scaleout_lines(s, rows, results)]
     targets, _ = target_lines(results)
     lines += ["", f"Targets ({results.loop}; ratios of medians from this run):", "", *targets]
     if results.errors:
         lines += ["", "Problems in this run:", ""]
-        lines += [f"- {e.splitlines()[0][:300]}" for e in results.errors]
+        lines += [f"- {_problem(e)}" for e in results.errors]
     return lines
 
 
@@ -776,6 +1144,23 @@ METHOD: Final = """\
   connect time is from the first connect to the last handshake done; after holding them longer
   than 1.5 heartbeat intervals, "dropped" = N − min(connections the server still counts,
   connections the clients still have open).
+- Scale-out (phase `scaleout`; needs `redis-server` on PATH and the `redis` package): the
+  orchestrator starts its own redis-server on a free loopback port (no persistence), pinned
+  with the servers, and gives every run a fresh prefix (siyi: `RedisBackplane(url,
+  prefix=...)`; python-socketio: `AsyncRedisManager(url, channel=...)`). Broadcast as above,
+  with one client process of the row's client library per node and the call made on node 1:
+  one node without Redis (the in-memory reference), one node with Redis, then several nodes
+  on one Redis; "last receipt" is the latest receipt on any node, "first receipt on another
+  node" the earliest receipt on a node other than the caller's (the backplane's hop). On a
+  machine with few cores the nodes share the servers' core(s): the several-node figure is
+  then the backplane's cost plus the nodes' fan-outs one after the other, not a speed-up.
+- Requests across nodes: two nodes, A and B, on one Redis; one client on each answers the
+  server's `echo` requests. Node B sends them one at a time and times each itself
+  (`perf_counter` around `await server.send_request(conn, "echo", payload)`, where `conn`
+  is `await server.find_session(key)`, found once before the timing; python-socketio:
+  `await sio.call("echo", payload, to=sid)`): to its own client (same node) and to node A's
+  (cross node, through Redis both ways). The two are interleaved within each repeat, in
+  alternating order; p50/p99 per repeat.
 - Rows that do not apply to a figure show "—". Targets are ratios of medians from one run.
 """
 
@@ -835,6 +1220,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     skipped = [row for row in rows if row.needs and not have_module(row.needs)]
     rows = [row for row in rows if row not in skipped]
+    redis = shutil.which("redis-server")
+    redis_missing = None
+    if "scaleout" in phases:
+        if redis is None:
+            redis_missing = "no `redis-server` on PATH"
+        elif not have_module("redis"):
+            redis_missing = "the `redis` package is not installed"
     loops = ["asyncio"]
     if args.uvloop or args.only_uvloop:
         if not have_module("uvloop"):
@@ -848,7 +1240,11 @@ def main(argv: list[str] | None = None) -> int:
     all_results: list[Results] = []
     for loop in loops:
         log(f"{s.mode} run on {loop}: rows {', '.join(r.name for r in rows)}")
-        all_results.append(asyncio.run(run_loop(s, rows, phases, loop, not args.no_pin)))
+        all_results.append(
+            asyncio.run(
+                run_loop(s, rows, phases, loop, not args.no_pin, None if redis_missing else redis)
+            )
+        )
     elapsed = time.monotonic() - started
 
     info: dict[str, Any] = {"git": revision}
@@ -862,6 +1258,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for row in skipped:
         lines.append(f"- Row `{row.name}` not run: `{row.needs}` is not installed.")
+    if redis_missing:
+        lines.append(f"- Phase `scaleout` not run: {redis_missing}.")
     if s.big_conns is None:
         lines.append(
             f"- {s.mode} mode: the many-idle-connections figure uses the "
@@ -871,7 +1269,7 @@ def main(argv: list[str] | None = None) -> int:
     lines.append("## Results")
     lines.append("")
     for results in all_results:
-        lines += report(s, rows + skipped, results)
+        lines += report(s, rows + skipped, results, phases)
         lines.append("")
     lines.append(METHOD)
     text = "\n".join(lines)

@@ -1,6 +1,7 @@
 """Server worker: one echo server of one stack, steered over stdin by the orchestrator.
 
-``python -m benchmarks.servers --stack raw|socketio|siyi [--heartbeat S] [--uvloop]``
+``python -m benchmarks.servers --stack raw|socketio|siyi [--heartbeat S] [--redis URL
+--prefix P] [--uvloop]``
 
 It binds 127.0.0.1 on a free port, prints ``{"port": N, "pid": P, ...}`` and then answers one
 line per command read from stdin:
@@ -10,6 +11,10 @@ line per command read from stdin:
 - ``{"cmd": "gc"}`` -> ``{"gc": n}`` after a full collection;
 - ``{"cmd": "broadcast", "seq": k}`` -> ``{"t0": s, "t1": s}``: one event to every connected
   client; `t0` is `time.monotonic()` just before the stack's broadcast call, `t1` just after;
+- ``{"cmd": "call", "key": k, "warmup": w, "requests": n}`` -> ``{"called": n, "p50": s,
+  "p99": s, ...}``: finds client `k` (siyi: a session key, wherever it is attached; socketio:
+  a sid) and sends it `w` + `n` ``echo`` requests one after another, timing the last `n`
+  (`perf_counter` around each call);
 - ``{"cmd": "quit"}`` (or stdin closed) -> stops and exits.
 
 Every stack echoes the same way: a request's params come back as the response's data.
@@ -19,6 +24,11 @@ Every stack echoes the same way: a request's params come back as the response's 
 - socketio: python-socketio ``AsyncServer(async_mode="aiohttp")``, an ``echo`` event whose
   return value is the ack.
 - siyi: siyi-sdk's ``ProtocolServer`` with an ``echo`` route, default settings otherwise.
+
+With ``--redis URL`` the server is one node of several sharing that Redis: siyi with
+``backplane=RedisBackplane(URL, prefix=P)``, python-socketio with
+``client_manager=AsyncRedisManager(URL, channel=P)``; broadcasts then reach the clients of
+every node of the same prefix (raw aiohttp has no such thing and refuses the option).
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from .common import (
     StdinLines,
     cpu_seconds,
     emit,
+    percentile,
     pin_from_env,
     raise_nofile_limit,
     rss_bytes,
@@ -51,6 +62,7 @@ from .common import (
 _TEXT = WSMsgType.TEXT
 _ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 _MAX_MESSAGE = 4 * 1024 * 1024
+_TIMEOUT = 30.0
 
 
 class BenchServer(Protocol):
@@ -61,6 +73,14 @@ class BenchServer(Protocol):
     def connections(self) -> int: ...
 
     async def broadcast(self, data: dict[str, Any]) -> None: ...
+
+    async def find(self, key: str) -> object | None:
+        """The client `key` as `request` takes it; None while it cannot be found."""
+        ...
+
+    async def request(self, peer: object) -> Any:
+        """One ``echo`` request to `peer` (a `find` result), sent by the server: its answer."""
+        ...
 
     async def stop(self) -> None: ...
 
@@ -79,7 +99,9 @@ async def _serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
 class RawServer:
     """Plain aiohttp: the floor of this stack."""
 
-    def __init__(self, heartbeat: float | None) -> None:
+    def __init__(self, heartbeat: float | None, redis: str | None, prefix: str) -> None:
+        if redis:
+            raise ValueError("the raw aiohttp server has no backplane")
         self.heartbeat = heartbeat
         self.sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
@@ -140,6 +162,12 @@ class RawServer:
                 except ConnectionError:
                     pass
 
+    async def find(self, key: str) -> object | None:
+        raise NotImplementedError("the raw aiohttp server sends no requests")
+
+    async def request(self, peer: object) -> Any:
+        raise NotImplementedError("the raw aiohttp server sends no requests")
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
@@ -148,11 +176,14 @@ class RawServer:
 class SocketIoServer:
     """python-socketio's AsyncServer on aiohttp."""
 
-    def __init__(self, heartbeat: float | None) -> None:
+    def __init__(self, heartbeat: float | None, redis: str | None, prefix: str) -> None:
         import socketio
 
         interval = heartbeat or 25.0
+        # Its pub/sub listener starts with the first client's connection, not before.
+        manager = socketio.AsyncRedisManager(redis, channel=prefix) if redis else None
         self.sio = socketio.AsyncServer(
+            client_manager=manager,
             async_mode="aiohttp",
             ping_interval=interval,
             ping_timeout=max(interval, 1.0),
@@ -186,6 +217,14 @@ class SocketIoServer:
     async def broadcast(self, data: dict[str, Any]) -> None:
         await self.sio.emit("bcast", data)
 
+    async def find(self, key: str) -> object | None:
+        # A sid: with a Redis manager, `call` reaches it on whichever node it is connected to.
+        return key
+
+    async def request(self, peer: object) -> Any:
+        assert isinstance(peer, str)
+        return await self.sio.call("echo", PAYLOAD, to=peer, timeout=_TIMEOUT)
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
@@ -194,10 +233,23 @@ class SocketIoServer:
 class SiyiServer:
     """siyi-sdk's ProtocolServer with an ``echo`` route."""
 
-    def __init__(self, heartbeat: float | None) -> None:
+    def __init__(self, heartbeat: float | None, redis: str | None, prefix: str) -> None:
         from siyi_sdk import Connection, ProtocolServer
 
-        self.server = ProtocolServer(HOST, 0, heartbeat_interval=heartbeat, shutdown_timeout=1.0)
+        if redis:
+            from siyi_sdk import RedisBackplane
+
+            self.server = ProtocolServer(
+                HOST,
+                0,
+                heartbeat_interval=heartbeat,
+                shutdown_timeout=1.0,
+                backplane=RedisBackplane(redis, prefix=prefix),
+            )
+        else:
+            self.server = ProtocolServer(
+                HOST, 0, heartbeat_interval=heartbeat, shutdown_timeout=1.0
+            )
 
         @self.server.command("echo")
         async def echo(connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
@@ -213,6 +265,18 @@ class SiyiServer:
     async def broadcast(self, data: dict[str, Any]) -> None:
         await self.server.broadcast_event("bcast", data)
 
+    async def find(self, key: str) -> object | None:
+        return await self.server.find_session(key)
+
+    async def request(self, peer: object) -> Any:
+        from siyi_sdk import Connection
+
+        assert isinstance(peer, Connection)
+        response = await self.server.send_request(peer, "echo", PAYLOAD, timeout=_TIMEOUT)
+        if not response.ok:
+            raise RuntimeError(f"echo failed: {response.error}")
+        return response.data
+
     async def stop(self) -> None:
         await self.server.stop()
 
@@ -224,8 +288,48 @@ STACKS: dict[str, type[RawServer] | type[SocketIoServer] | type[SiyiServer]] = {
 }
 
 
-async def serve(stack: str, heartbeat: float | None) -> None:
-    server: BenchServer = STACKS[stack](heartbeat)
+async def _find(server: BenchServer, key: str, timeout: float) -> object:
+    """`server.find(key)`, again until found: a node may learn of a session a moment late."""
+    deadline = time.monotonic() + timeout
+    while True:
+        peer = await server.find(key)
+        if peer is not None:
+            return peer
+        if time.monotonic() > deadline:
+            raise LookupError(f"client {key!r} not found within {timeout:g} s")
+        await asyncio.sleep(0.02)
+
+
+async def _call(server: BenchServer, key: str, warmup: int, requests: int) -> dict[str, Any]:
+    """`warmup` + `requests` sequential echo requests from the server to client `key`."""
+    peer = await _find(server, key, 10.0)
+    echoed = await server.request(peer)
+    if echoed != PAYLOAD:
+        raise AssertionError(f"the echo came back as {echoed!r}")
+    for _ in range(warmup):
+        await server.request(peer)
+    clock = time.perf_counter
+    latencies: list[float] = []
+    cpu = time.process_time()
+    start = clock()
+    for _ in range(requests):
+        t = clock()
+        await server.request(peer)
+        latencies.append(clock() - t)
+    elapsed = clock() - start
+    cpu = time.process_time() - cpu
+    latencies.sort()
+    return {
+        "called": requests,
+        "p50": percentile(latencies, 0.50),
+        "p99": percentile(latencies, 0.99),
+        "rps": requests / elapsed,
+        "cpu": cpu,
+    }
+
+
+async def serve(stack: str, heartbeat: float | None, redis: str | None, prefix: str) -> None:
+    server: BenchServer = STACKS[stack](heartbeat, redis, prefix)
     port = await server.start()
     hello: dict[str, Any] = {
         "port": port,
@@ -251,6 +355,8 @@ async def serve(stack: str, heartbeat: float | None) -> None:
                 await server.broadcast(data)
                 t1 = time.monotonic()
                 emit({"t0": t0, "t1": t1})
+            elif cmd == "call":
+                emit(await _call(server, msg["key"], msg["warmup"], msg["requests"]))
             elif cmd == "quit":
                 break
             else:
@@ -270,12 +376,16 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.servers")
     parser.add_argument("--stack", choices=sorted(STACKS), required=True)
     parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds; 0 turns it off")
+    parser.add_argument("--redis", help="a Redis URL: be one node of several sharing it")
+    parser.add_argument("--prefix", default="bench", help="with --redis: the nodes' namespace")
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     raise_nofile_limit()
     pin_from_env()
-    run_worker(serve(args.stack, args.heartbeat or None), use_uvloop=args.uvloop)
+    run_worker(
+        serve(args.stack, args.heartbeat or None, args.redis, args.prefix), use_uvloop=args.uvloop
+    )
 
 
 if __name__ == "__main__":

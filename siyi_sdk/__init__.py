@@ -28,6 +28,7 @@ from .client import ProtocolClient
 from .errors import (
     AllAdaptersFailedError,
     ApiError,
+    BackplaneUnavailableError,
     BadRequestError,
     BusyError,
     ConnectionClosedError,
@@ -58,7 +59,7 @@ from .packets import (
     encode,
     parse_message,
 )
-from .server import Connection, ProtocolServer, StoredFile
+from .server import Connection, MemoryBackplane, ProtocolServer, RedisBackplane, StoredFile
 from .upload import FileInfo
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "AllAdaptersFailedError",
     "Api",
     "ApiError",
+    "BackplaneUnavailableError",
     "BadRequestError",
     "BusyError",
     "Command",
@@ -87,6 +89,7 @@ __all__ = [
     "HttpAdapter",
     "InternalServerError",
     "InvalidResultError",
+    "MemoryBackplane",
     "MockAdapter",
     "NotConnectedError",
     "Packet",
@@ -96,6 +99,7 @@ __all__ = [
     "ProtocolClient",
     "ProtocolError",
     "ProtocolServer",
+    "RedisBackplane",
     "Request",
     "RequestPacket",
     "RequestTimeoutError",

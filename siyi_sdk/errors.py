@@ -9,7 +9,8 @@ The tree::
     ├── TransportError (also ConnectionError)  the link could not carry the packet
     │   ├── NotConnectedError                  no live connection to send on
     │   ├── ConnectionClosedError              the connection dropped while a request waited
-    │   └── AllAdaptersFailedError             every adapter of a manager failed
+    │   ├── AllAdaptersFailedError             every adapter of a manager failed
+    │   └── BackplaneUnavailableError          (server) the shared backplane (Redis) is down
     ├── RequestTimeoutError (also TimeoutError = asyncio.TimeoutError)
     │                                          no Response within the request's timeout
     └── ApiError                               the peer answered with an error Response
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AllAdaptersFailedError",
     "ApiError",
+    "BackplaneUnavailableError",
     "BadRequestError",
     "BusyError",
     "ConnectionClosedError",
@@ -139,6 +141,14 @@ class AllAdaptersFailedError(TransportError):
         self.errors = errors
         detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in errors)
         super().__init__(f"every adapter failed ({detail})" if errors else "no adapter can send")
+
+
+class BackplaneUnavailableError(TransportError):
+    """The server's shared backplane (Redis) cannot be reached.
+
+    Raised to server code for what must cross processes (a packet for a client attached to
+    another node) while the backplane is down. Clients of this process keep being served.
+    """
 
 
 class RequestTimeoutError(SiyiError, TimeoutError):

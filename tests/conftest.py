@@ -10,13 +10,16 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import pytest
 from aiohttp import web
 
 from siyi_sdk import Event, ProtocolClient, ProtocolServer
+
+from .redis_server import RedisServer
 
 WAIT = 5.0
 """The bound on every wait for something that must happen: it only matters when a test fails."""
@@ -190,3 +193,20 @@ class Inbox:
                 await self._changed.wait()
 
         await wait_for(reached())
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole run; each test keeps to its own key prefix."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own, so tests sharing the redis-server never meet."""
+    return f"t{abs(hash(request.node.nodeid)) % 10**8}-{uuid.uuid4().hex[:8]}"

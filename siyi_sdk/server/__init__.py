@@ -1,20 +1,28 @@
-"""The server: ProtocolServer, its Connection handle, typed routes, shared state, uploads."""
+"""The server: ProtocolServer, its Connection handle, typed routes, backplanes, uploads."""
 
 from .app import ConnectionHandler, ProtocolServer, ServerEventHandler, ServerRequestHandler
+from .backplane import Backplane, MemoryBackplane, SessionRecord
 from .connection import Connection
+from .redis_backplane import RedisBackplane, RedisResponseCache, SharedConnection
 from .routing import Route
 from .state import MemoryResponseCache, ResponseCache
 from .uploads import StoredFile, UploadHandler, Uploads, sanitize_filename
 
 __all__ = [
+    "Backplane",
     "Connection",
     "ConnectionHandler",
+    "MemoryBackplane",
     "MemoryResponseCache",
     "ProtocolServer",
+    "RedisBackplane",
+    "RedisResponseCache",
     "ResponseCache",
     "Route",
     "ServerEventHandler",
     "ServerRequestHandler",
+    "SessionRecord",
+    "SharedConnection",
     "StoredFile",
     "UploadHandler",
     "Uploads",

@@ -23,7 +23,12 @@ from aiohttp import web
 from .._version import __version__
 from ..adapters.websocket import DEFAULT_MAX_MESSAGE_SIZE
 from ..api.command import Command
-from ..errors import ConnectionClosedError, NotConnectedError, ProtocolError
+from ..errors import (
+    BackplaneUnavailableError,
+    ConnectionClosedError,
+    NotConnectedError,
+    ProtocolError,
+)
 from ..packets import (
     PROTOCOL_VERSION,
     SESSION_EVENT,
@@ -884,6 +889,8 @@ class ProtocolServer:
             if not frames and wait > 0 and not self._stopping:
                 await session.wait_for_packets(wait)
                 frames = await session.take(None if after is None else "")
+        except BackplaneUnavailableError as exc:
+            return self._refusal(503, StatusCode.UNAVAILABLE, f"unavailable: {exc}")
         finally:
             session.polls -= 1
             self._touch(session)

@@ -165,6 +165,11 @@ class SessionRegistry:
             ended += 1
         return ended
 
+    def discard(self, session: Connection) -> None:
+        """Forget a handle here without ending anything (it ended on another node)."""
+        if self._sessions.get(session.session) is session:
+            del self._sessions[session.session]
+
     def forget_all(self) -> None:
         """Drop every handle here without ending the sessions (they live on elsewhere)."""
         sessions = list(self._sessions.values())
