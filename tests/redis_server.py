@@ -11,7 +11,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 
 def _free_port() -> int:

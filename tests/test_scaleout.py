@@ -7,7 +7,6 @@ The same behaviours with one server process per node, and a node killed mid-traf
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,13 +14,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis.asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
 from siyi_sdk import (
-    BackplaneUnavailableError,
-    Connection,
-    Event,
     ProtocolClient,
     ProtocolServer,
     RedisBackplane,
@@ -30,7 +25,7 @@ from siyi_sdk import (
 )
 from siyi_sdk.packets import SESSION_HEADER
 
-from .conftest import WAIT, Inbox, ServerFactory, wait_for, wait_until
+from .conftest import WAIT, Inbox, ServerFactory, wait_until
 from .redis_server import RedisServer
 
 Cluster = list[ProtocolServer]
@@ -92,7 +87,7 @@ async def test_broadcast_exclude_works_across_nodes(
 ) -> None:
     cluster = await make_cluster(2)
     async with clients_on(cluster, 1) as clients:
-        (a, a_inbox), (b, b_inbox) = clients
+        (_, a_inbox), (b, b_inbox) = clients
         assert b.session.key is not None
         excluded = await cluster[0].find_session(b.session.key)
         assert excluded is not None

@@ -85,7 +85,9 @@ local function push(s, b, entry, size, chan, key)
   local ttl = redis.call('PTTL', s)
   if ttl > 0 then redis.call('PEXPIRE', b, ttl) end
   local poller = redis.call('HGET', s, 'poll')
-  if poller then redis.call('PUBLISH', chan .. poller, 'W{"k":"' .. key .. '"}' .. string.char(10)) end
+  if poller then
+    redis.call('PUBLISH', chan .. poller, 'W{"k":"' .. key .. '"}' .. string.char(10))
+  end
 end
 """
 
