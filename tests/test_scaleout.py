@@ -7,16 +7,20 @@ The same behaviours with one server process per node, and a node killed mid-traf
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
 from siyi_sdk import (
+    BackplaneUnavailableError,
+    Connection,
     ProtocolClient,
     ProtocolServer,
     RedisBackplane,
@@ -25,7 +29,7 @@ from siyi_sdk import (
 )
 from siyi_sdk.packets import SESSION_HEADER
 
-from .conftest import WAIT, Inbox, ServerFactory, wait_until
+from .conftest import WAIT, Inbox, ServerFactory, wait_for, wait_until
 from .redis_server import RedisServer
 
 Cluster = list[ProtocolServer]
@@ -188,3 +192,265 @@ async def drop(ws: ClientConnection) -> None:
     ws.transport.abort()
     with contextlib.suppress(Exception):
         await ws.wait_closed()
+
+
+async def greeting(ws: ClientConnection) -> dict[str, Any]:
+    frame = orjson.loads(await wait_for(ws.recv()))
+    assert frame["name"] == "session"
+    data: dict[str, Any] = frame["data"]
+    return data
+
+
+async def next_event(ws: ClientConnection) -> dict[str, Any]:
+    frame: dict[str, Any] = orjson.loads(await wait_for(ws.recv()))
+    return frame
+
+
+async def test_a_websocket_resumes_on_another_node_with_the_buffer_replayed_in_order(
+    make_cluster: Callable[..., Awaitable[Cluster]],
+) -> None:
+    a, b = await make_cluster(2)
+    ws = await connect(url_of(a))
+    key = (await greeting(ws))["session"]
+    await drop(ws)
+    for n in range(3):
+        await a.broadcast_event("while_away", n)
+    handle = await b.find_session(key)
+    assert handle is not None
+    await b.send_event(handle, "direct", "d")
+    ws = await connect(url_of(b), additional_headers={SESSION_HEADER: key})
+    data = await greeting(ws)
+    assert data["session"] == key
+    assert data["resumed"] is True
+    assert data["dropped"] == 0
+    got = [(await next_event(ws))["data"] for _ in range(4)]
+    assert got == [0, 1, 2, "d"]
+    await a.broadcast_event("now", "new")
+    assert (await next_event(ws))["data"] == "new"
+    await ws.close()
+
+
+async def test_a_client_hopping_between_nodes_gets_every_broadcast_exactly_once_in_order(
+    make_cluster: Callable[..., Awaitable[Cluster]],
+) -> None:
+    """Broadcasts keep coming from every node while one client drops and resumes on the next
+    node, again and again: while it attaches, while it is away, while its old node lets go.
+    Each arrives once, in order (PROTOCOL.md §7).
+
+    Before each drop the client has read everything sent so far: a WebSocket has no
+    acknowledgements, so what is in flight when a cable is cut is lost on any server.
+    """
+    cluster = await make_cluster(3)
+    received: list[int] = []
+    sent = 0
+
+    async def burst(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            await cluster[sent % 3].broadcast_event("n", sent)
+            sent += 1
+
+    async def reader(ws: ClientConnection) -> None:
+        with contextlib.suppress(Exception):
+            async for raw in ws:
+                received.append(orjson.loads(raw)["data"])
+
+    key: str | None = None
+    for hop in range(9):
+        node = cluster[hop % 3]
+        headers = {SESSION_HEADER: key} if key else {}
+        # Broadcasts race the attach: some land in the buffer, some go down the new socket.
+        racing = asyncio.create_task(burst(10 if key else 0))
+        ws = await connect(url_of(node), additional_headers=headers)
+        data = await greeting(ws)
+        assert data["resumed"] is (key is not None)
+        key = data["session"]
+        task = asyncio.create_task(reader(ws))
+        await racing
+        await burst(5)
+        await wait_until(lambda: len(received) >= sent)
+        await drop(ws)
+        await task
+        await wait_until(lambda: not node.connections)  # noqa: B023 - awaited at once
+        await burst(10)  # while away, and while the old node is still letting go
+    assert key is not None
+    ws = await connect(url_of(cluster[0]), additional_headers={SESSION_HEADER: key})
+    await greeting(ws)
+    task = asyncio.create_task(reader(ws))
+    await wait_until(lambda: len(received) >= sent)
+    await ws.close()
+    await task
+    assert received == list(range(sent))
+
+
+async def test_a_second_websocket_on_another_node_takes_the_session_over(
+    make_cluster: Callable[..., Awaitable[Cluster]],
+) -> None:
+    a, b = await make_cluster(2)
+    first = await connect(url_of(a))
+    key = (await greeting(first))["session"]
+    second = await connect(url_of(b), additional_headers={SESSION_HEADER: key})
+    assert (await greeting(second))["resumed"] is True
+    await wait_for(first.wait_closed())
+    assert first.close_code == 4001
+    handle = await a.find_session(key)
+    assert handle is not None
+    await a.send_event(handle, "to", "second")
+    assert (await next_event(second))["data"] == "second"
+    await second.close()
+
+
+async def test_a_clean_close_ends_the_session_on_every_node(
+    make_cluster: Callable[..., Awaitable[Cluster]], redis_server: RedisServer, redis_prefix: str
+) -> None:
+    a, b = await make_cluster(2)
+    ended: list[Connection] = []
+    a.on_session_end(ended.append)
+    ws = await connect(url_of(a))
+    key = (await greeting(ws))["session"]
+    assert await b.find_session(key) is not None
+    await ws.close()
+    await wait_until(lambda: bool(ended))
+    r = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        async with asyncio.timeout(WAIT):
+            # Redis has no event to wait on here: look again until the keys are gone.
+            while await r.exists(f"{redis_prefix}:s:{key}"):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        await r.aclose()
+    assert await b.find_session(key) is None
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.runs = 0
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def __call__(self, connection: Connection, params: dict[str, Any]) -> int:
+        self.runs += 1
+        self.started.set()
+        await self.gate.wait()
+        return self.runs
+
+
+async def test_a_retried_request_on_another_node_is_not_run_twice(
+    make_cluster: Callable[..., Awaitable[Cluster]],
+) -> None:
+    a, b = await make_cluster(2)
+    counter = Counter()
+    for server in (a, b):
+        server.command("charge")(counter)
+    async with aiohttp.ClientSession() as http:
+        _, key = await post(http, a, {"id": "x", "type": "event", "name": "hi"}, None)
+        packet = {"id": "charge-1", "type": "request", "command": "charge"}
+        first = asyncio.create_task(post(http, a, packet, key))
+        await wait_for(counter.started.wait())
+        # The same request reaches node b while node a still runs it: it waits for a's answer.
+        second = asyncio.create_task(post(http, b, packet, key))
+        await asyncio.sleep(0.05)  # give node b time to (wrongly) run it
+        assert counter.runs == 1
+        counter.gate.set()
+        (one, _), (two, _) = await asyncio.gather(first, second)
+        assert one == two
+        assert one["data"] == 1
+        # And after it finished, a third try on b gets the remembered answer.
+        (three, _) = await post(http, b, packet, key)
+        assert three == one
+        assert counter.runs == 1
+        # Another session's id namespace is its own (§6).
+        (other, _) = await post(http, b, packet, None)
+        assert other["data"] == 2
+
+
+async def test_redis_keys_expire_with_the_sessions(
+    make_cluster: Callable[..., Awaitable[Cluster]], redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """Nothing grows without bound: sessions, buffers, answers and node marks all expire."""
+    a, b = await make_cluster(2, session_ttl=0.5, response_cache_ttl=0.5)
+    a.command("echo")(lambda connection, params: params)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):
+            await post(http, a, {"id": "r1", "type": "request", "command": "echo"}, None)
+    for _ in range(3):
+        ws = await connect(url_of(b))
+        await greeting(ws)
+        await drop(ws)
+    await wait_until(lambda: not b.connections)
+    await a.broadcast_event("buffered", 1)  # into the away sessions' buffers
+    r = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        assert await r.keys(f"{redis_prefix}:s:*")
+        assert await r.keys(f"{redis_prefix}:b:*")
+        # What may stay: the broadcast counter and the live nodes' marks.
+        expected = {f"{redis_prefix}:seq".encode()} | {
+            f"{redis_prefix}:n:{s.backplane.node_id}".encode() for s in (a, b)
+        }
+        async with asyncio.timeout(10):
+            # Expiry happens inside Redis: look again until only those are left.
+            while set(await r.keys(f"{redis_prefix}:*")) - expected:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await r.aclose()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may kill and start again."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def test_with_redis_down_local_clients_keep_working_and_the_nodes_reconnect(
+    make_server: ServerFactory,
+    own_redis: RedisServer,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    delays: list[float] = []
+    back = asyncio.Event()
+
+    async def sleep(delay: float) -> None:  # tenacity's sleep: wait for Redis to come back
+        delays.append(delay)
+        await back.wait()
+
+    cluster = [
+        await make_server(
+            backplane=RedisBackplane(own_redis.url, prefix=redis_prefix, sleep=sleep)
+        )
+        for _ in range(2)
+    ]
+    for server in cluster:
+        server.command("echo")(lambda connection, params: params)
+    async with clients_on(cluster, 1) as [(a_client, a_inbox), (b_client, b_inbox)]:
+        assert b_client.session.key is not None
+        remote = await cluster[0].find_session(b_client.session.key)
+        assert remote is not None
+        own_redis.stop()
+        # Local traffic goes on: requests, and broadcasts to this node's own clients.
+        answer = await a_client.send_request("echo", {"n": 1})
+        assert answer.data == {"n": 1}
+        await wait_until(lambda: not cluster[0].backplane.connected)  # type: ignore[attr-defined]
+        await cluster[0].broadcast_event("local", 1)
+        await a_inbox.wait_count(1)
+        # What must cross processes fails clearly, at once.
+        with pytest.raises(BackplaneUnavailableError, match="unreachable"):
+            await cluster[0].send_event(remote, "far", 1)
+        await wait_until(lambda: bool(delays))
+        assert "unreachable" in caplog.text
+        assert "retrying" in caplog.text
+        # Redis comes back: the nodes reconnect by themselves and cross traffic flows again.
+        own_redis.start()
+        back.set()
+        for server in cluster:
+            await wait_for(server.backplane.wait_ready())  # type: ignore[attr-defined]
+        await cluster[0].broadcast_event("everywhere", 2)
+        await b_inbox.wait_count(1)
+        assert b_inbox.data == [2]
+        answer = await b_client.send_request("echo", {"n": 2})
+        assert answer.data == {"n": 2}

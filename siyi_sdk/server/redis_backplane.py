@@ -74,12 +74,14 @@ logger = logging.getLogger(__name__)
 
 # Buffer one entry for a session: bounded (oldest dropped and counted), same life as the
 # session, and a wake-up for the node long-polling it. Shared by ROUTE and BROADCAST.
+# The buffer is a sorted set scored by the packet's number (`seq`), so a packet a node buffers
+# late (it was on its way to a client that just left) still takes its place in order.
 _PUSH = """
-local function push(s, b, entry, size, chan, key)
-  redis.call('RPUSH', b, entry)
-  local over = redis.call('LLEN', b) - size
+local function push(s, b, entry, size, chan, key, score)
+  redis.call('ZADD', b, score, entry)
+  local over = redis.call('ZCARD', b) - size
   if over > 0 then
-    redis.call('LTRIM', b, over, -1)
+    redis.call('ZREMRANGEBYRANK', b, 0, over - 1)
     redis.call('HINCRBY', s, 'dropped', over)
   end
   local ttl = redis.call('PTTL', s)
@@ -91,19 +93,21 @@ local function push(s, b, entry, size, chan, key)
 end
 """
 
-# KEYS: s, b. ARGV: me, entry, size, node channel prefix, message for the attached node,
-# session key.
+# KEYS: s, b, seq. ARGV: me, entry, size, node channel prefix, message tail for the
+# attached node, session key, the packet's number ('' for a new one).
 # Returns 1 (sent to the node holding the WebSocket), 0 (buffered), -1 (no such session).
 _ROUTE = (
     _PUSH
     + """
+local score = tonumber(ARGV[7]) or redis.call('INCR', KEYS[3])
 local node = redis.call('HGET', KEYS[1], 'node')
 if node and node ~= ARGV[1] then
-  if redis.call('PUBLISH', ARGV[4] .. node, ARGV[5]) > 0 then return 1 end
+  local message = 'D{"seq":' .. score .. ',' .. ARGV[5]
+  if redis.call('PUBLISH', ARGV[4] .. node, message) > 0 then return 1 end
   redis.call('HDEL', KEYS[1], 'node')  -- that node is gone: keep it for the client's return
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-push(KEYS[1], KEYS[2], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[6])
+push(KEYS[1], KEYS[2], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[6], score)
 return 0
 """
 )
@@ -124,7 +128,7 @@ for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     if redis.call('EXISTS', s) == 0 then
       redis.call('SREM', KEYS[1], key)  -- expired: no unbounded growth
     else
-      push(s, ARGV[5] .. 'b:' .. key, ARGV[3], tonumber(ARGV[4]), ARGV[6], key)
+      push(s, ARGV[5] .. 'b:' .. key, ARGV[3], tonumber(ARGV[4]), ARGV[6], key, seq)
     end
   end
 end
@@ -136,7 +140,8 @@ return redis.call('PUBLISH', ARGV[1], 'B{"seq":' .. seq .. ',' .. ARGV[2])
 # principal JSON. Returns {dropped, broadcast number now}.
 _CLAIM = """
 local previous = redis.call('HGET', KEYS[1], 'node')
-redis.call('HSET', KEYS[1], 'node', ARGV[1], 'receives', '1')
+local now = tonumber(redis.call('GET', KEYS[3]) or '0')
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'receives', '1', 'since', now)
 redis.call('HSETNX', KEYS[1], 'principal', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('SREM', KEYS[2], ARGV[2])
@@ -145,15 +150,19 @@ redis.call('HDEL', KEYS[1], 'dropped')
 if previous and previous ~= ARGV[1] then
   redis.call('PUBLISH', ARGV[3] .. previous, ARGV[4])
 end
-return {dropped, tonumber(redis.call('GET', KEYS[3]) or '0')}
+return {dropped, now}
 """
 
-# KEYS: s, away, seq. ARGV: me, session key, ttl ms. Returns the broadcast number now.
+# KEYS: s, away, seq. ARGV: me, session key, ttl ms.
+# Returns the number up to which this node was the one packets were routed to.
 _RELEASE = """
-if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
+local node = redis.call('HGET', KEYS[1], 'node')
+if node == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'node')
   redis.call('SADD', KEYS[2], ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+elseif node then
+  return tonumber(redis.call('HGET', KEYS[1], 'since') or '0')  -- another node took it
 end
 return tonumber(redis.call('GET', KEYS[3]) or '0')
 """
@@ -161,7 +170,7 @@ return tonumber(redis.call('GET', KEYS[3]) or '0')
 # KEYS: b. ARGV: after ('' to acknowledge nothing), consume all (1/0).
 # Returns the entries still to hand over (see Connection.take).
 _TAKE = """
-local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1)
 if ARGV[2] == '1' then
   redis.call('DEL', KEYS[1])
   return entries
@@ -170,7 +179,7 @@ for i, e in ipairs(entries) do
   local colon = string.find(e, ':', 1, true)
   local n = tonumber(string.sub(e, 1, colon - 1))
   if string.sub(e, colon + 1, colon + n) == ARGV[1] then
-    redis.call('LTRIM', KEYS[1], i, -1)
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, i - 1)
     local rest = {}
     for j = i + 1, #entries do rest[#rest + 1] = entries[j] end
     return rest
@@ -182,12 +191,19 @@ return entries
 # KEYS: s, b. ARGV: me. Mark this node as the one long-polling; returns what is buffered.
 _POLL = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'poll', ARGV[1]) end
-return redis.call('LLEN', KEYS[2])
+return redis.call('ZCARD', KEYS[2])
 """
 
 # KEYS: s. ARGV: me.
 _UNPOLL = """
 if redis.call('HGET', KEYS[1], 'poll') == ARGV[1] then redis.call('HDEL', KEYS[1], 'poll') end
+"""
+
+# KEYS: away. ARGV: session key prefix. Drops a sample of members whose session expired.
+_PRUNE = """
+for _, key in ipairs(redis.call('SRANDMEMBER', KEYS[1], 200)) do
+  if redis.call('EXISTS', ARGV[1] .. key) == 0 then redis.call('SREM', KEYS[1], key) end
+end
 """
 
 # KEYS: c. ARGV: running marker, ttl ms. The entry if there is one, else claims it.
@@ -197,6 +213,10 @@ if v then return v end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 """
+
+
+Numbered = tuple[int | None, str, bytes]
+"""(the packet's number in Redis's order if it has one, its id, its encoded frame)"""
 
 
 def _entry(packet_id: str, frame: bytes) -> bytes:
@@ -240,17 +260,19 @@ class SharedConnection(Connection):
     def __init__(self, *, backplane: RedisBackplane, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._backplane = backplane
+        # Packets carry their number in Redis's order (`seq`) when they have one, so that
+        # a packet buffered late still takes its place in the shared buffer.
         # Packets for a peer that is being replayed to: they follow the shared buffer.
-        self._late: deque[tuple[str, bytes]] = deque()
+        self._late: deque[Numbered] = deque()
         # Broadcasts are numbered (see the module docstring). From the moment this process
         # asks Redis to route the session here until Redis confirms it no longer does, this
         # process delivers (or buffers) the broadcasts numbered after `claim_seq`; the others
-        # went to the shared buffer. Broadcasts whose fate depends on an answer still on its
-        # way from Redis wait in `_held`.
+        # went to the shared buffer. Packets whose fate depends on an answer still on its way
+        # from Redis wait in `_held`, with their kind: b(roadcast) or d(irect).
         self.here = False
         self.claim_seq: int | None = None
         self._releasing = False
-        self._held: list[tuple[int, str, bytes]] = []
+        self._held: list[tuple[str, int | None, str, bytes]] = []
         self._claim_done: asyncio.Event | None = None
         self._refreshed = 0.0
 
@@ -259,14 +281,31 @@ class SharedConnection(Connection):
         """Packets held in this process for the peer (the shared buffer is in Redis)."""
         return len(self._late)
 
+    async def deliver(self, packet_id: str, frame: bytes, seq: int | None = None) -> None:
+        """See `Connection.deliver`; `seq` is the packet's number when Redis gave it one."""
+        peer = self.peer
+        if self.ended or (peer is not None and not peer.closed and not self._replaying):
+            await super().deliver(packet_id, frame)
+        else:
+            await self.keep(seq, packet_id, frame)
+
     async def _keep(self, packet_id: str, frame: bytes) -> None:
+        await self.keep(None, packet_id, frame)
+
+    async def keep(self, seq: int | None, packet_id: str, frame: bytes) -> None:
+        """A packet the peer cannot take now: after the replay, held, or routed."""
         peer = self.peer
         if peer is not None and not peer.closed:
-            self._late.append((packet_id, frame))  # being replayed to: after the buffer
+            self._late.append((seq, packet_id, frame))  # being replayed to: after the buffer
             if self._arrived is not None:
                 self._arrived.set()
             return
-        await self._backplane.route(self, packet_id, frame)
+        if self.here:
+            # Its WebSocket here just closed: Redis routes to this process until `release`
+            # says otherwise, which then buffers this in order with the broadcasts held.
+            self._held.append(("d", seq, packet_id, frame))
+            return
+        await self._backplane.route(self, packet_id, frame, seq)
 
     async def _expect_answer(self, request_id: str, timeout: float | None) -> None:
         await self._backplane.expect_answer(self, request_id, timeout)
@@ -276,7 +315,7 @@ class SharedConnection(Connection):
         if not self.here:
             return False
         if self.claim_seq is None or self._releasing:
-            self._held.append((seq, packet_id, frame))
+            self._held.append(("b", seq, packet_id, frame))
             return False
         return seq > self.claim_seq
 
@@ -291,7 +330,9 @@ class SharedConnection(Connection):
         """The attach is recorded in Redis at broadcast number `seq`."""
         self.claim_seq = seq
         held, self._held = self._held, []
-        self._late.extend((pid, frame) for n, pid, frame in held if n > seq)
+        self._late.extend(
+            (n, pid, frame) for kind, n, pid, frame in held if kind == "d" or (n or 0) > seq
+        )
         if self._claim_done is not None:
             self._claim_done.set()
 
@@ -303,15 +344,19 @@ class SharedConnection(Connection):
                     await self._claim_done.wait()
         self._releasing = True
 
-    def released(self, seq: int) -> list[tuple[str, bytes]]:
-        """Redis no longer routes here, as of broadcast `seq`: what this process must buffer."""
+    def released(self, seq: int) -> list[Numbered]:
+        """Redis routed here up to number `seq`: what this process must still buffer."""
         claimed = self.claim_seq if self.claim_seq is not None else seq
         held, self._held = self._held, []
         self.here = False
         self._releasing = False
         late = list(self._late)
         self._late.clear()
-        return late + [(pid, frame) for n, pid, frame in held if claimed < n <= seq]
+        return late + [
+            (n, pid, frame)
+            for kind, n, pid, frame in held
+            if kind == "d" or claimed < (n or 0) <= seq
+        ]
 
     async def take(self, after: str | None) -> list[bytes]:
         """See `Connection.take` (the shared buffer, atomically)."""
@@ -345,7 +390,7 @@ class SharedConnection(Connection):
             entries = await self._backplane.pop(self, 100)
             if not entries:
                 break
-            for i, (_, frame) in enumerate(entries):
+            for i, (_, _, frame) in enumerate(entries):
                 try:
                     await peer.send_raw(frame)
                 except (NotConnectedError, ConnectionClosedError):
@@ -355,11 +400,11 @@ class SharedConnection(Connection):
         while late:
             if self.peer is not peer:
                 return False
-            packet_id, frame = late.popleft()
+            numbered = late.popleft()
             try:
-                await peer.send_raw(frame)
+                await peer.send_raw(numbered[2])
             except (NotConnectedError, ConnectionClosedError):
-                late.appendleft((packet_id, frame))
+                late.appendleft(numbered)
                 return False
         if self.peer is not peer:
             return False
@@ -461,7 +506,7 @@ class RedisBackplane(Backplane):
         op_timeout: seconds a Redis call may take before it counts as Redis being down.
         retry_initial: the first reconnect delay in seconds (doubled up to `retry_max`).
         retry_max: the longest reconnect delay.
-        sleep: the sleep of the reconnect loop (tests inject one).
+        sleep: the sleep between reconnect attempts (tests inject one).
         client: an existing ``redis.asyncio.Redis`` to use instead of one made from `url`.
     """
 
@@ -517,6 +562,7 @@ class RedisBackplane(Backplane):
         self._take = self.redis.register_script(_TAKE)
         self._poll = self.redis.register_script(_POLL)
         self._unpoll = self.redis.register_script(_UNPOLL)
+        self._prune = self.redis.register_script(_PRUNE)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -686,10 +732,12 @@ class RedisBackplane(Backplane):
         # WebSocket never expires, even if nothing else touches it).
         interval = self.node_ttl / 3
         while True:
-            await self.sleep(interval)
+            await asyncio.sleep(interval)
             if not self.connected or self._host is None:
                 continue
             try:
+                # Members of `away` whose session expired go (a broadcast prunes them too).
+                await self._prune(keys=[self.key("away")], args=[self.prefix + ":s:"])
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.set(self.key(f"n:{self.node_id}"), b"1", px=int(self.node_ttl * 1000))
                     ttl = self._ttl_ms
@@ -803,11 +851,11 @@ class RedisBackplane(Backplane):
         seq = 0 if got is self.UNREACHABLE else int(got)
         # What came for it while it was leaving (a replay that did not finish, broadcasts
         # this process still had to deliver) waits in the shared buffer, in order.
-        for packet_id, frame in connection.released(seq):
+        for number, packet_id, frame in connection.released(seq):
             if connection.ended:
                 break
             with contextlib.suppress(BackplaneUnavailableError, NotConnectedError):
-                await self.route(connection, packet_id, frame)
+                await self.route(connection, packet_id, frame, number)
 
     async def end_session(self, connection: Connection) -> None:
         """See `Backplane.end_session`."""
@@ -844,7 +892,9 @@ class RedisBackplane(Backplane):
 
     # Buffers ----------------------------------------------------------------------------------
 
-    async def route(self, connection: Connection, packet_id: str, frame: bytes) -> None:
+    async def route(
+        self, connection: Connection, packet_id: str, frame: bytes, seq: int | None = None
+    ) -> None:
         """Send a packet to the node holding the session's WebSocket, else buffer it.
 
         Raises:
@@ -854,14 +904,15 @@ class RedisBackplane(Backplane):
         key = connection.session
         sent = await self.must(
             self._route,
-            [self._skey(key), self._bkey(key)],
+            [self._skey(key), self._bkey(key), self.key("seq")],
             [
                 self.node_id,
                 _entry(packet_id, frame),
                 connection._buffer_size,
                 self._chan_prefix,
-                _message(b"D", {"k": key, "id": packet_id}, frame),
+                orjson.dumps({"k": key, "id": packet_id})[1:] + b"\n" + frame,
                 key,
+                "" if seq is None else seq,
             ],
         )
         if sent == -1:
@@ -876,20 +927,20 @@ class RedisBackplane(Backplane):
         )
         return [_split(entry)[1] for entry in got]
 
-    async def pop(self, connection: Connection, count: int) -> list[tuple[str, bytes]]:
+    async def pop(self, connection: Connection, count: int) -> list[Numbered]:
         """Take up to `count` packets off the front of the shared buffer (for a replay)."""
-        got = await self.call(self.redis.lpop, self._bkey(connection.session), count)
+        got = await self.call(self.redis.zpopmin, self._bkey(connection.session), count)
         if got is self.UNREACHABLE or not got:
             return []
-        return [_split(entry) for entry in got]
+        return [(int(score), *_split(entry)) for entry, score in got]
 
-    async def push_back(self, connection: Connection, entries: list[tuple[str, bytes]]) -> None:
-        """Return packets a replay could not send to the front of the shared buffer."""
+    async def push_back(self, connection: Connection, entries: list[Numbered]) -> None:
+        """Return packets a replay could not send to the shared buffer, in their places."""
         if entries:
             await self.call(
-                self.redis.lpush,
+                self.redis.zadd,
                 self._bkey(connection.session),
-                *(_entry(pid, frame) for pid, frame in reversed(entries)),
+                {_entry(pid, frame): seq or 0 for seq, pid, frame in entries},
             )
 
     async def start_poll(self, connection: Connection) -> bool:
@@ -1048,9 +1099,9 @@ class RedisBackplane(Backplane):
                         and session.on_broadcast(seq, packet_id, frame)
                     ):
                         with contextlib.suppress(NotConnectedError, BackplaneUnavailableError):
-                            await session.deliver(packet_id, frame)
+                            await session.deliver(packet_id, frame, seq)
             elif op == b"D":
-                await self._deliver_here(header["k"], header["id"], kept(payload))
+                await self._deliver_here(header["k"], header["id"], kept(payload), header["seq"])
             elif op == b"R":
                 response = parse_message(payload)
                 assert isinstance(response, Response)
@@ -1085,17 +1136,17 @@ class RedisBackplane(Backplane):
         except Exception:
             logger.exception("backplane message %r failed", op)
 
-    async def _deliver_here(self, key: str, packet_id: str, frame: bytes) -> None:
+    async def _deliver_here(self, key: str, packet_id: str, frame: bytes, seq: int) -> None:
         assert self._host is not None
         session = self._host.sessions.get(key)
-        if session is not None and session.peer is not None and not session.peer.closed:
-            with contextlib.suppress(NotConnectedError):
-                await session.deliver(packet_id, frame)
+        if isinstance(session, SharedConnection) and (session.is_connected or session.here):
+            with contextlib.suppress(NotConnectedError, BackplaneUnavailableError):
+                await session.deliver(packet_id, frame, seq)
             return
         # Not here any more (it dropped, or moved): route it on, or buffer it.
         handle = session or self._handle(key, None)
         with contextlib.suppress(NotConnectedError, BackplaneUnavailableError):
-            await self.route(handle, packet_id, frame)
+            await self.route(handle, packet_id, frame, seq)
 
 
 class _Gather:
