@@ -383,8 +383,8 @@ async def test_redis_keys_expire_with_the_sessions(
     try:
         assert await r.keys(f"{redis_prefix}:s:*")
         assert await r.keys(f"{redis_prefix}:b:*")
-        # What may stay: the broadcast counter and the live nodes' marks.
-        expected = {f"{redis_prefix}:seq".encode()} | {
+        # What may stay: the broadcast counter, the set of live nodes and their marks.
+        expected = {f"{redis_prefix}:seq".encode(), f"{redis_prefix}:nodes".encode()} | {
             f"{redis_prefix}:n:{s.backplane.node_id}".encode() for s in (a, b)
         }
         async with asyncio.timeout(10):
@@ -420,9 +420,7 @@ async def test_with_redis_down_local_clients_keep_working_and_the_nodes_reconnec
         await back.wait()
 
     cluster = [
-        await make_server(
-            backplane=RedisBackplane(own_redis.url, prefix=redis_prefix, sleep=sleep)
-        )
+        await make_server(backplane=RedisBackplane(own_redis.url, prefix=redis_prefix, sleep=sleep))
         for _ in range(2)
     ]
     for server in cluster:

@@ -93,6 +93,29 @@ local function push(s, b, entry, size, chan, key, score)
 end
 """
 
+# Sessions attached to a node that died (its subscription is gone: Redis dropped the
+# connection of the killed process) become away, so that broadcasts buffer for them at once.
+# Shared by BROADCAST and ADOPT (run by every node now and then).
+_ADOPT = """
+local function adopt(nodes, away, prefix)
+  for _, node in ipairs(redis.call('SMEMBERS', nodes)) do
+    local numsub = redis.call('PUBSUB', 'NUMSUB', prefix .. 'node:' .. node)
+    if numsub[2] == 0 then
+      local on = prefix .. 'on:' .. node
+      for _, key in ipairs(redis.call('SMEMBERS', on)) do
+        local s = prefix .. 's:' .. key
+        if redis.call('HGET', s, 'node') == node then
+          redis.call('HDEL', s, 'node')
+          redis.call('SADD', away, key)
+        end
+      end
+      redis.call('DEL', on)
+      redis.call('SREM', nodes, node)
+    end
+  end
+end
+"""
+
 # KEYS: s, b, seq. ARGV: me, entry, size, node channel prefix, message tail for the
 # attached node, session key, the packet's number ('' for a new one).
 # Returns 1 (sent to the node holding the WebSocket), 0 (buffered), -1 (no such session).
@@ -112,13 +135,15 @@ return 0
 """
 )
 
-# KEYS: away, seq. ARGV: all channel, header tail + frame, entry, size, key prefix,
+# KEYS: away, seq, nodes. ARGV: all channel, header tail + frame, entry, size, key prefix,
 # node channel prefix, excluded session keys...
 # Buffers for every session that is away, then tells every node (which deliver to their
 # attached clients the broadcasts numbered after their attach). Returns the number of nodes.
 _BROADCAST = (
     _PUSH
+    + _ADOPT
     + """
+adopt(KEYS[3], KEYS[1], ARGV[5])
 local seq = redis.call('INCR', KEYS[2])
 local skip = {}
 for i = 7, #ARGV do skip[ARGV[i]] = true end
@@ -136,8 +161,8 @@ return redis.call('PUBLISH', ARGV[1], 'B{"seq":' .. seq .. ',' .. ARGV[2])
 """
 )
 
-# KEYS: s, away, seq. ARGV: me, session key, node channel prefix, takeover message, ttl ms,
-# principal JSON. Returns {dropped, broadcast number now}.
+# KEYS: s, away, seq, on:me. ARGV: me, session key, node channel prefix, takeover message,
+# ttl ms, principal JSON, key prefix. Returns {dropped, broadcast number now}.
 _CLAIM = """
 local previous = redis.call('HGET', KEYS[1], 'node')
 local now = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -147,15 +172,18 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('SREM', KEYS[2], ARGV[2])
 local dropped = tonumber(redis.call('HGET', KEYS[1], 'dropped') or '0')
 redis.call('HDEL', KEYS[1], 'dropped')
+redis.call('SADD', KEYS[4], ARGV[2])
 if previous and previous ~= ARGV[1] then
+  redis.call('SREM', ARGV[7] .. 'on:' .. previous, ARGV[2])
   redis.call('PUBLISH', ARGV[3] .. previous, ARGV[4])
 end
 return {dropped, now}
 """
 
-# KEYS: s, away, seq. ARGV: me, session key, ttl ms.
+# KEYS: s, away, seq, on:me. ARGV: me, session key, ttl ms.
 # Returns the number up to which this node was the one packets were routed to.
 _RELEASE = """
+redis.call('SREM', KEYS[4], ARGV[2])
 local node = redis.call('HGET', KEYS[1], 'node')
 if node == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'node')
@@ -205,6 +233,14 @@ for _, key in ipairs(redis.call('SRANDMEMBER', KEYS[1], 200)) do
   if redis.call('EXISTS', ARGV[1] .. key) == 0 then redis.call('SREM', KEYS[1], key) end
 end
 """
+
+# KEYS: nodes, away. ARGV: key prefix.
+_ADOPT_DEAD = (
+    _ADOPT
+    + """
+adopt(KEYS[1], KEYS[2], ARGV[1])
+"""
+)
 
 # KEYS: c. ARGV: running marker, ttl ms. The entry if there is one, else claims it.
 _RUN_ONCE = """
@@ -563,6 +599,7 @@ class RedisBackplane(Backplane):
         self._poll = self.redis.register_script(_POLL)
         self._unpoll = self.redis.register_script(_UNPOLL)
         self._prune = self.redis.register_script(_PRUNE)
+        self._adopt_dead = self.redis.register_script(_ADOPT_DEAD)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -681,6 +718,7 @@ class RedisBackplane(Backplane):
         if self.connected:
             with contextlib.suppress(*self._redis_errors):
                 await self.redis.delete(self.key(f"n:{self.node_id}"))
+                await self.redis.srem(self.key("nodes"), self.node_id)
         self.connected = False
         self._ready.clear()
         with contextlib.suppress(*self._redis_errors):
@@ -706,6 +744,7 @@ class RedisBackplane(Backplane):
         try:
             await pubsub.subscribe(self._all, self._mine)
             await self.redis.set(self.key(f"n:{self.node_id}"), b"1", px=int(self.node_ttl * 1000))
+            await self.redis.sadd(self.key("nodes"), self.node_id)
             self.connected = True
             self._ready.set()
             logger.info("Redis backplane at %s: node %s joined", self.url, self.node_id)
@@ -738,6 +777,9 @@ class RedisBackplane(Backplane):
             try:
                 # Members of `away` whose session expired go (a broadcast prunes them too).
                 await self._prune(keys=[self.key("away")], args=[self.prefix + ":s:"])
+                await self._adopt_dead(
+                    keys=[self.key("nodes"), self.key("away")], args=[self.prefix + ":"]
+                )
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.set(self.key(f"n:{self.node_id}"), b"1", px=int(self.node_ttl * 1000))
                     ttl = self._ttl_ms
@@ -821,7 +863,12 @@ class RedisBackplane(Backplane):
         connection.claiming()
         got = await self.call(
             self._claim,
-            [self._skey(connection.session), self.key("away"), self.key("seq")],
+            [
+                self._skey(connection.session),
+                self.key("away"),
+                self.key("seq"),
+                self.key(f"on:{self.node_id}"),
+            ],
             [
                 self.node_id,
                 connection.session,
@@ -829,6 +876,7 @@ class RedisBackplane(Backplane):
                 _message(b"T", {"k": connection.session}),
                 self._ttl_ms,
                 _principal_json(connection.principal),
+                self.prefix + ":",
             ],
         )
         if got is self.UNREACHABLE:
@@ -845,7 +893,7 @@ class RedisBackplane(Backplane):
         await connection.releasing(self.op_timeout)
         got = await self.call(
             self._release,
-            [self._skey(key), self.key("away"), self.key("seq")],
+            [self._skey(key), self.key("away"), self.key("seq"), self.key(f"on:{self.node_id}")],
             [self.node_id, key, self._ttl_ms],
         )
         seq = 0 if got is self.UNREACHABLE else int(got)
@@ -995,7 +1043,7 @@ class RedisBackplane(Backplane):
         tail = orjson.dumps({"id": packet_id, "x": skip})[1:] + b"\n" + frame
         sent = await self.call(
             self._broadcast,
-            [self.key("away"), self.key("seq")],
+            [self.key("away"), self.key("seq"), self.key("nodes")],
             [
                 self._all,
                 tail,
