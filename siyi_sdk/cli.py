@@ -42,6 +42,7 @@ from .client import ProtocolClient
 from .demo import DemoFailedError, create_game_server, run_demo
 from .errors import ApiError, RequestTimeoutError, TransportError
 from .packets import PROTOCOL_VERSION, Event, Request, Response, encode
+from .server.redis_backplane import RedisBackplane
 from .upload import FileInfo, UploadSource
 
 __all__ = ["EXIT_ERROR_RESPONSE", "EXIT_INTERRUPTED", "EXIT_NO_ANSWER", "EXIT_OK", "main"]
@@ -117,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="seconds between pings to each WebSocket, 0 for none (30)",
+    )
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="serve as one node of several sharing this Redis (redis://HOST:PORT/DB): "
+        "sessions, broadcasts and the at-most-once cache cross nodes",
+    )
+    serve.add_argument(
+        "--redis-prefix",
+        default="siyi",
+        metavar="PREFIX",
+        help="the namespace of the deployment's keys in Redis (siyi)",
     )
     serve.set_defaults(run=_serve, log_level=logging.INFO)
 
@@ -311,8 +324,18 @@ async def _one_connection(client: ProtocolClient) -> AsyncIterator[asyncio.Task[
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    extra: dict[str, Any] = {}
+    if args.redis:
+        try:
+            extra["backplane"] = RedisBackplane(args.redis, prefix=args.redis_prefix)
+        except (ImportError, ValueError) as exc:
+            _tell(args, f"--redis: {exc}")
+            return EXIT_NO_ANSWER
     server = create_game_server(
-        args.host, args.port, heartbeat_interval=args.heartbeat if args.heartbeat > 0 else None
+        args.host,
+        args.port,
+        heartbeat_interval=args.heartbeat if args.heartbeat > 0 else None,
+        **extra,
     )
 
     async def serve() -> int:
@@ -322,8 +345,9 @@ async def _serve(args: argparse.Namespace) -> int:
             _tell(args, f"cannot listen on {args.host}:{args.port}: {exc}")
             return EXIT_NO_ANSWER
         base = f"{_url_host(args.host)}:{server.port}"
+        shared = f", one node of {args.redis}" if args.redis else ""
         print(
-            f"serving the demo game on ws://{base} (and POST http://{base}/general); "
+            f"serving the demo game on ws://{base} (and POST http://{base}/general){shared}; "
             "Ctrl+C to stop",
             flush=True,
         )
