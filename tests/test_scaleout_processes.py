@@ -215,10 +215,11 @@ async def test_killing_a_node_mid_traffic_loses_nothing_acknowledged(
         # arrives (one in flight to a socket of the killed node may be lost with it).
         after = first_after_kill[0] if first_after_kill else len(sent_broadcasts)
         for _, inbox, _ in clients:
-            await wait_until(
-                lambda inbox=inbox: bool(inbox.data) and inbox.data[-1] == sent_broadcasts[-1],
-                timeout=20,
-            )
+
+            def has_the_last(inbox: Inbox = inbox) -> bool:
+                return bool(inbox.data) and inbox.data[-1] == sent_broadcasts[-1]
+
+            await wait_until(has_the_last, timeout=20)
             got = inbox.data
             assert got == sorted(set(got)), "duplicated or out of order"
             assert set(range(after, len(sent_broadcasts))) <= set(got)
