@@ -21,7 +21,8 @@ import pytest
 
 from siyi_sdk import Connection, ProtocolClient, ProtocolServer
 from siyi_sdk.cli import main
-from tests.conftest import ServerFactory, free_port, wait_for
+from tests.conftest import Inbox, ServerFactory, free_port, wait_for
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP = 20.0
@@ -347,3 +348,38 @@ async def test_call_exits_2_when_no_response_comes_in_time(make_server: ServerFa
     assert code == 2, child.output()
     assert stdout == ""
     assert "siyi call: no response to 'hang' within 0.5 s" in child.text("stderr")
+
+
+async def test_serve_with_redis_runs_nodes_that_serve_as_one(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """Two `siyi serve --redis` processes: an event relayed by the demo game (a broadcast)
+    from a client of one node reaches a client of the other."""
+    args = ("serve", "--port", "0", "--redis", redis_server.url, "--redis-prefix", redis_prefix)
+    async with (
+        running("-m", "siyi_sdk", *args) as one,
+        running("-m", "siyi_sdk", *args) as two,
+    ):
+        urls = []
+        for child in (one, two):
+            banner = await child.wait_line("serving the demo game on ws://", "stdout")
+            assert f"one node of {redis_server.url}" in banner
+            match = re.search(r"ws://127\.0\.0\.1:(\d+)", banner)
+            assert match, banner
+            urls.append(f"ws://127.0.0.1:{match.group(1)}")
+        heard = Inbox()
+        async with (
+            ProtocolClient(urls[0], request_timeout=STARTUP) as alice,
+            ProtocolClient(urls[1], request_timeout=STARTUP) as bob,
+        ):
+            bob.on_event(heard)
+            await alice.send_event("player_joined", {"player_name": "Herobrine"})
+            await heard.wait_count(1)
+            assert heard.events[0].name == "player_joined"
+            assert heard.data[0]["player_name"] == "Herobrine"
+
+
+async def test_serve_refuses_a_bad_redis_url() -> None:
+    code, stdout, child = await siyi("serve", "--port", "0", "--redis", "nonsense://x")
+    assert code == 2, child.output()
+    assert "siyi serve: --redis:" in child.text("stderr")
