@@ -380,6 +380,6 @@ async def test_serve_with_redis_runs_nodes_that_serve_as_one(
 
 
 async def test_serve_refuses_a_bad_redis_url() -> None:
-    code, stdout, child = await siyi("serve", "--port", "0", "--redis", "nonsense://x")
+    code, _, child = await siyi("serve", "--port", "0", "--redis", "nonsense://x")
     assert code == 2, child.output()
     assert "siyi serve: --redis:" in child.text("stderr")
