@@ -38,3 +38,21 @@ def test_smoke_run_prints_the_table(tmp_path: Path) -> None:
     siyi_line = next(line for line in out.splitlines() if line.startswith("| siyi ProtocolServer"))
     assert "—" not in siyi_line.split("|")[2]
     assert output.read_text().strip() == out.strip()
+    # The scale-out phase (the tests' redis-server binary is on the machine) measured both
+    # the broadcast over three nodes and the cross-node requests.
+    assert "| row | nodes × clients |" in out
+    assert "| row | same node: p50 µs |" in out
+    lines = out.splitlines()
+    spread = next(
+        line
+        for line in lines
+        if line.startswith("| siyi ProtocolServer + ProtocolClient | 3 × ")
+        and "RedisBackplane" in line
+    )
+    assert "—" not in spread.split("|")[3], spread
+    cross = next(
+        line
+        for line in lines
+        if line.startswith("| siyi ProtocolServer + ProtocolClient + RedisBackplane")
+    )
+    assert "—" not in cross.split("|")[4], cross

@@ -452,3 +452,21 @@ async def test_with_redis_down_local_clients_keep_working_and_the_nodes_reconnec
         assert b_inbox.data == [2]
         answer = await b_client.send_request("echo", {"n": 2})
         assert answer.data == {"n": 2}
+
+
+async def test_a_burst_of_drops_does_not_look_like_redis_going_down(
+    make_cluster: Callable[..., Awaitable[Cluster]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """150 clients dropping at once make more concurrent Redis calls than the pool holds:
+    they wait for a connection, and the node stays connected."""
+    a, b = await make_cluster(2)
+    sockets = [await connect(url_of(a)) for _ in range(150)]
+    keys = [(await greeting(ws))["session"] for ws in sockets]
+    await asyncio.gather(*(drop(ws) for ws in sockets))
+    await wait_until(lambda: not a.connections)
+    await a.broadcast_event("after", 1)
+    assert a.backplane.connected  # type: ignore[attr-defined]
+    assert "lost" not in caplog.text
+    async with aiohttp.ClientSession() as http:
+        got = await poll(http, b, keys[-1])
+    assert [p["data"] for p in got] == [1]

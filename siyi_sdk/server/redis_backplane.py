@@ -544,6 +544,8 @@ class RedisBackplane(Backplane):
         retry_max: the longest reconnect delay.
         sleep: the sleep between reconnect attempts (tests inject one).
         client: an existing ``redis.asyncio.Redis`` to use instead of one made from `url`.
+        max_connections: Redis connections this node opens at most (calls beyond wait for
+            one, up to `op_timeout`).
     """
 
     shared = True
@@ -561,6 +563,7 @@ class RedisBackplane(Backplane):
         retry_max: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         client: Redis | None = None,
+        max_connections: int = 50,
     ) -> None:
         try:
             import redis.asyncio
@@ -576,9 +579,18 @@ class RedisBackplane(Backplane):
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.sleep = sleep
-        self.redis: Redis = client or redis.asyncio.Redis.from_url(
-            url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout
-        )
+        if client is None:
+            # A blocking pool: a burst of work (a thousand clients dropping at once) waits
+            # for a free connection instead of failing as if Redis were down.
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=op_timeout,
+                socket_timeout=op_timeout,
+                socket_connect_timeout=op_timeout,
+            )
+            client = redis.asyncio.Redis(connection_pool=pool)
+        self.redis: Redis = client
         self._redis_errors: tuple[type[BaseException], ...] = (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
