@@ -12,14 +12,18 @@ import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import aiohttp
 import pytest
 from aiohttp import web
+from websockets.asyncio.client import ClientConnection
 
 from siyi_sdk import Event, ProtocolClient, ProtocolServer
+from siyi_sdk.packets import SESSION_HEADER
 
-from .redis_server import RedisServer
+if TYPE_CHECKING:
+    from .redis_server import RedisServer
 
 WAIT = 5.0
 """The bound on every wait for something that must happen: it only matters when a test fails."""
@@ -146,6 +150,61 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> No
             await asyncio.sleep(0)
 
 
+# Raw session peers (PROTOCOL.md §7) -----------------------------------------------------
+
+
+def http_url(server: ProtocolServer) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+async def recv_frame(ws: ClientConnection) -> dict[str, Any]:
+    raw = await wait_for(ws.recv())
+    assert isinstance(raw, str)
+    frame = json.loads(raw)
+    assert isinstance(frame, dict)
+    return frame
+
+
+async def greeting_of(ws: ClientConnection) -> dict[str, Any]:
+    """The `session` event's data: it must be the first frame."""
+    frame = await recv_frame(ws)
+    assert (frame["type"], frame["name"]) == ("event", "session")
+    data = frame["data"]
+    assert isinstance(data, dict)
+    return data
+
+
+def session_headers(key: str | None) -> dict[str, str]:
+    return {SESSION_HEADER: key} if key is not None else {}
+
+
+async def post_packet(
+    server: ProtocolServer, packet: dict[str, Any], key: str | None = None
+) -> tuple[int, dict[str, Any], str | None]:
+    """One raw ``POST /general``: status, Response body, the session key the server returned."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{http_url(server)}/general", data=json.dumps(packet), headers=session_headers(key)
+        ) as reply,
+    ):
+        return reply.status, json.loads(await reply.read()), reply.headers.get(SESSION_HEADER)
+
+
+async def open_http_session(server: ProtocolServer) -> str:
+    """Open a session with one HTTP call (no session header) and return its key."""
+    status, _, key = await post_packet(server, {"id": "hello", "type": "event", "name": "hello"})
+    assert status == 200
+    assert key is not None
+    return key
+
+
+async def drop_raw(ws: ClientConnection) -> None:
+    """Drop a raw WebSocket without a close frame (a clean close would end its session)."""
+    ws.transport.abort()
+    await ws.wait_closed()
+
+
 class RawSocket(Protocol):
     """What the tests use of a `websockets` client connection."""
 
@@ -198,6 +257,8 @@ class Inbox:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server for the whole run; each test keeps to its own key prefix."""
+    from .redis_server import RedisServer  # it uses free_port from here
+
     server = RedisServer()
     server.start()
     try:

@@ -12,11 +12,7 @@ import subprocess
 import tempfile
 import time
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .conftest import free_port
 
 
 class RedisServer:
@@ -30,7 +26,7 @@ class RedisServer:
                 "(apt-get install redis-server; .ci/run does this)"
             )
         self.binary = binary
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="siyi-redis-")
         self.process: subprocess.Popen[bytes] | None = None

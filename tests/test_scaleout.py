@@ -29,7 +29,20 @@ from siyi_sdk import (
 )
 from siyi_sdk.packets import SESSION_HEADER
 
-from .conftest import WAIT, Inbox, ServerFactory, wait_for, wait_until
+from .conftest import (
+    WAIT,
+    Inbox,
+    ServerFactory,
+    drop_raw,
+    greeting_of,
+    http_url,
+    open_http_session,
+    post_packet,
+    recv_frame,
+    wait_for,
+    wait_until,
+    ws_url,
+)
 from .redis_server import RedisServer
 
 Cluster = list[ProtocolServer]
@@ -49,14 +62,6 @@ async def make_cluster(
     return factory
 
 
-def url_of(server: ProtocolServer) -> str:
-    return f"ws://127.0.0.1:{server.port}"
-
-
-def http_of(server: ProtocolServer) -> str:
-    return f"http://127.0.0.1:{server.port}"
-
-
 @contextlib.asynccontextmanager
 async def clients_on(
     cluster: Cluster, per_node: int, **kwargs: Any
@@ -67,7 +72,7 @@ async def clients_on(
         for server in cluster:
             for _ in range(per_node):
                 inbox = Inbox()
-                client = ProtocolClient(url_of(server), request_timeout=WAIT, **kwargs)
+                client = ProtocolClient(ws_url(server), request_timeout=WAIT, **kwargs)
                 client.on_event(inbox)
                 await stack.enter_async_context(client)
                 out.append((client, inbox))
@@ -146,19 +151,11 @@ async def test_unknown_session_key_is_not_found(
     assert await a.find_session("no-such-key") is None
 
 
-async def post(
-    http: aiohttp.ClientSession, server: ProtocolServer, packet: dict[str, Any], key: str | None
-) -> tuple[dict[str, Any], str]:
-    headers = {SESSION_HEADER: key} if key else {}
-    async with http.post(f"{http_of(server)}/general", json=packet, headers=headers) as resp:
-        return await resp.json(), resp.headers[SESSION_HEADER]
-
-
 async def poll(
     http: aiohttp.ClientSession, server: ProtocolServer, key: str, wait: float = 0, after: str = ""
 ) -> list[dict[str, Any]]:
     async with http.get(
-        f"{http_of(server)}/events",
+        f"{http_url(server)}/events",
         params={"wait": str(wait), "after": after},
         headers={SESSION_HEADER: key},
     ) as resp:
@@ -173,10 +170,10 @@ async def test_moving_from_websocket_on_one_node_to_http_on_another_keeps_the_se
     make_cluster: Callable[..., Awaitable[Cluster]],
 ) -> None:
     a, b = await make_cluster(2)
-    ws = await connect(url_of(a))
+    ws = await connect(ws_url(a))
     greeting = orjson.loads(await ws.recv())
     key = greeting["data"]["session"]
-    await drop(ws)  # a drop leaves the session resumable (a clean close would end it)
+    await drop_raw(ws)  # a drop leaves the session resumable (a clean close would end it)
     await wait_until(lambda: not a.connections)
     for n in range(3):
         await b.broadcast_event("while_away", n)
@@ -187,46 +184,27 @@ async def test_moving_from_websocket_on_one_node_to_http_on_another_keeps_the_se
         assert await poll(http, a, key, after=got[-1]["id"]) == []
 
 
-async def drop(ws: ClientConnection) -> None:
-    """Cut a raw client's TCP connection without a close frame (the session stays)."""
-    ws.transport.abort()
-    with contextlib.suppress(Exception):
-        await ws.wait_closed()
-
-
-async def greeting(ws: ClientConnection) -> dict[str, Any]:
-    frame = orjson.loads(await wait_for(ws.recv()))
-    assert frame["name"] == "session"
-    data: dict[str, Any] = frame["data"]
-    return data
-
-
-async def next_event(ws: ClientConnection) -> dict[str, Any]:
-    frame: dict[str, Any] = orjson.loads(await wait_for(ws.recv()))
-    return frame
-
-
 async def test_a_websocket_resumes_on_another_node_with_the_buffer_replayed_in_order(
     make_cluster: Callable[..., Awaitable[Cluster]],
 ) -> None:
     a, b = await make_cluster(2)
-    ws = await connect(url_of(a))
-    key = (await greeting(ws))["session"]
-    await drop(ws)
+    ws = await connect(ws_url(a))
+    key = (await greeting_of(ws))["session"]
+    await drop_raw(ws)
     for n in range(3):
         await a.broadcast_event("while_away", n)
     handle = await b.find_session(key)
     assert handle is not None
     await b.send_event(handle, "direct", "d")
-    ws = await connect(url_of(b), additional_headers={SESSION_HEADER: key})
-    data = await greeting(ws)
+    ws = await connect(ws_url(b), additional_headers={SESSION_HEADER: key})
+    data = await greeting_of(ws)
     assert data["session"] == key
     assert data["resumed"] is True
     assert data["dropped"] == 0
-    got = [(await next_event(ws))["data"] for _ in range(4)]
+    got = [(await recv_frame(ws))["data"] for _ in range(4)]
     assert got == [0, 1, 2, "d"]
     await a.broadcast_event("now", "new")
-    assert (await next_event(ws))["data"] == "new"
+    assert (await recv_frame(ws))["data"] == "new"
     await ws.close()
 
 
@@ -261,21 +239,21 @@ async def test_a_client_hopping_between_nodes_gets_every_broadcast_exactly_once_
         headers = {SESSION_HEADER: key} if key else {}
         # Broadcasts race the attach: some land in the buffer, some go down the new socket.
         racing = asyncio.create_task(burst(10 if key else 0))
-        ws = await connect(url_of(node), additional_headers=headers)
-        data = await greeting(ws)
+        ws = await connect(ws_url(node), additional_headers=headers)
+        data = await greeting_of(ws)
         assert data["resumed"] is (key is not None)
         key = data["session"]
         task = asyncio.create_task(reader(ws))
         await racing
         await burst(5)
         await wait_until(lambda: len(received) >= sent)
-        await drop(ws)
+        await drop_raw(ws)
         await task
         await wait_until(lambda: not node.connections)  # noqa: B023 - awaited at once
         await burst(10)  # while away, and while the old node is still letting go
     assert key is not None
-    ws = await connect(url_of(cluster[0]), additional_headers={SESSION_HEADER: key})
-    await greeting(ws)
+    ws = await connect(ws_url(cluster[0]), additional_headers={SESSION_HEADER: key})
+    await greeting_of(ws)
     task = asyncio.create_task(reader(ws))
     await wait_until(lambda: len(received) >= sent)
     await ws.close()
@@ -287,16 +265,16 @@ async def test_a_second_websocket_on_another_node_takes_the_session_over(
     make_cluster: Callable[..., Awaitable[Cluster]],
 ) -> None:
     a, b = await make_cluster(2)
-    first = await connect(url_of(a))
-    key = (await greeting(first))["session"]
-    second = await connect(url_of(b), additional_headers={SESSION_HEADER: key})
-    assert (await greeting(second))["resumed"] is True
+    first = await connect(ws_url(a))
+    key = (await greeting_of(first))["session"]
+    second = await connect(ws_url(b), additional_headers={SESSION_HEADER: key})
+    assert (await greeting_of(second))["resumed"] is True
     await wait_for(first.wait_closed())
     assert first.close_code == 4001
     handle = await a.find_session(key)
     assert handle is not None
     await a.send_event(handle, "to", "second")
-    assert (await next_event(second))["data"] == "second"
+    assert (await recv_frame(second))["data"] == "second"
     await second.close()
 
 
@@ -306,8 +284,8 @@ async def test_a_clean_close_ends_the_session_on_every_node(
     a, b = await make_cluster(2)
     ended: list[Connection] = []
     a.on_session_end(ended.append)
-    ws = await connect(url_of(a))
-    key = (await greeting(ws))["session"]
+    ws = await connect(ws_url(a))
+    key = (await greeting_of(ws))["session"]
     assert await b.find_session(key) is not None
     await ws.close()
     await wait_until(lambda: bool(ended))
@@ -342,26 +320,25 @@ async def test_a_retried_request_on_another_node_is_not_run_twice(
     counter = Counter()
     for server in (a, b):
         server.command("charge")(counter)
-    async with aiohttp.ClientSession() as http:
-        _, key = await post(http, a, {"id": "x", "type": "event", "name": "hi"}, None)
-        packet = {"id": "charge-1", "type": "request", "command": "charge"}
-        first = asyncio.create_task(post(http, a, packet, key))
-        await wait_for(counter.started.wait())
-        # The same request reaches node b while node a still runs it: it waits for a's answer.
-        second = asyncio.create_task(post(http, b, packet, key))
-        await asyncio.sleep(0.05)  # give node b time to (wrongly) run it
-        assert counter.runs == 1
-        counter.gate.set()
-        (one, _), (two, _) = await asyncio.gather(first, second)
-        assert one == two
-        assert one["data"] == 1
-        # And after it finished, a third try on b gets the remembered answer.
-        (three, _) = await post(http, b, packet, key)
-        assert three == one
-        assert counter.runs == 1
-        # Another session's id namespace is its own (§6).
-        (other, _) = await post(http, b, packet, None)
-        assert other["data"] == 2
+    key = await open_http_session(a)
+    packet = {"id": "charge-1", "type": "request", "command": "charge"}
+    first = asyncio.create_task(post_packet(a, packet, key))
+    await wait_for(counter.started.wait())
+    # The same request reaches node b while node a still runs it: it waits for a's answer.
+    second = asyncio.create_task(post_packet(b, packet, key))
+    await asyncio.sleep(0.05)  # give node b time to (wrongly) run it
+    assert counter.runs == 1
+    counter.gate.set()
+    (_, one, _), (_, two, _) = await asyncio.gather(first, second)
+    assert one == two
+    assert one["data"] == 1
+    # And after it finished, a third try on b gets the remembered answer.
+    _, three, _ = await post_packet(b, packet, key)
+    assert three == one
+    assert counter.runs == 1
+    # Another session's id namespace is its own (§6).
+    _, other, _ = await post_packet(b, packet)
+    assert other["data"] == 2
 
 
 async def test_redis_keys_expire_with_the_sessions(
@@ -370,13 +347,12 @@ async def test_redis_keys_expire_with_the_sessions(
     """Nothing grows without bound: sessions, buffers, answers and node marks all expire."""
     a, b = await make_cluster(2, session_ttl=0.5, response_cache_ttl=0.5)
     a.command("echo")(lambda connection, params: params)
-    async with aiohttp.ClientSession() as http:
-        for _ in range(5):
-            await post(http, a, {"id": "r1", "type": "request", "command": "echo"}, None)
+    for _ in range(5):
+        await post_packet(a, {"id": "r1", "type": "request", "command": "echo"})
     for _ in range(3):
-        ws = await connect(url_of(b))
-        await greeting(ws)
-        await drop(ws)
+        ws = await connect(ws_url(b))
+        await greeting_of(ws)
+        await drop_raw(ws)
     await wait_until(lambda: not b.connections)
     await a.broadcast_event("buffered", 1)  # into the away sessions' buffers
     r = redis.asyncio.Redis.from_url(redis_server.url)
@@ -460,9 +436,9 @@ async def test_a_burst_of_drops_does_not_look_like_redis_going_down(
     """150 clients dropping at once make more concurrent Redis calls than the pool holds:
     they wait for a connection, and the node stays connected."""
     a, b = await make_cluster(2)
-    sockets = [await connect(url_of(a)) for _ in range(150)]
-    keys = [(await greeting(ws))["session"] for ws in sockets]
-    await asyncio.gather(*(drop(ws) for ws in sockets))
+    sockets = [await connect(ws_url(a)) for _ in range(150)]
+    keys = [(await greeting_of(ws))["session"] for ws in sockets]
+    await asyncio.gather(*(drop_raw(ws) for ws in sockets))
     await wait_until(lambda: not a.connections)
     await a.broadcast_event("after", 1)
     assert a.backplane.connected  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from siyi_sdk import (
@@ -35,7 +35,18 @@ from siyi_sdk import (
     Response,
     WebSocketAdapter,
 )
-from tests.conftest import Inbox, wait_until
+from tests.conftest import (
+    Inbox,
+    drop_raw,
+    greeting_of,
+    http_url,
+    open_http_session,
+    post_packet,
+    recv_frame,
+    session_headers,
+    wait_until,
+    ws_url,
+)
 from tests.proxy import (
     WAIT,
     Gate,
@@ -75,62 +86,6 @@ class Watch:
                 await self._ended_changed.wait()
 
         await wait_for(reached())
-
-
-def ws_url(server: ProtocolServer) -> str:
-    return f"ws://127.0.0.1:{server.port}"
-
-
-def http_url(server: ProtocolServer) -> str:
-    return f"http://127.0.0.1:{server.port}"
-
-
-async def recv_frame(ws: ClientConnection) -> dict[str, Any]:
-    raw = await wait_for(ws.recv())
-    assert isinstance(raw, str)
-    frame = json.loads(raw)
-    assert isinstance(frame, dict)
-    return frame
-
-
-async def greeting_of(ws: ClientConnection) -> dict[str, Any]:
-    """The `session` event's data: it must be the first frame."""
-    frame = await recv_frame(ws)
-    assert (frame["type"], frame["name"]) == ("event", "session")
-    data = frame["data"]
-    assert isinstance(data, dict)
-    return data
-
-
-def session_headers(key: str | None) -> dict[str, str]:
-    return {SESSION_HEADER: key} if key is not None else {}
-
-
-async def post_packet(
-    server: ProtocolServer, packet: dict[str, Any], key: str | None = None
-) -> tuple[int, dict[str, Any], str | None]:
-    """One raw ``POST /general``: status, Response body, the session key the server returned."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{http_url(server)}/general", data=json.dumps(packet), headers=session_headers(key)
-        ) as reply,
-    ):
-        return reply.status, json.loads(await reply.read()), reply.headers.get(SESSION_HEADER)
-
-
-async def open_http_session(server: ProtocolServer) -> str:
-    """Open a session with one HTTP call (no session header) and return its key."""
-    status, _, key = await post_packet(server, {"id": "hello", "type": "event", "name": "hello"})
-    assert status == 200
-    assert key is not None
-    return key
-
-
-async def drop_raw(ws: ClientConnection) -> None:
-    """Drop a raw WebSocket without a close frame (a clean close would end its session)."""
-    ws.transport.abort()
-    await ws.wait_closed()
 
 
 @dataclass
