@@ -1,7 +1,7 @@
 """The server: ProtocolServer, its Connection handle, typed routes, backplanes, uploads."""
 
 from .app import ConnectionHandler, ProtocolServer, ServerEventHandler, ServerRequestHandler
-from .backplane import Backplane, MemoryBackplane, SessionRecord
+from .backplane import Backplane, MemoryBackplane
 from .connection import Connection
 from .redis_backplane import RedisBackplane, RedisResponseCache, SharedConnection
 from .routing import Route
@@ -21,7 +21,6 @@ __all__ = [
     "Route",
     "ServerEventHandler",
     "ServerRequestHandler",
-    "SessionRecord",
     "SharedConnection",
     "StoredFile",
     "UploadHandler",

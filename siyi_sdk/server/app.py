@@ -685,17 +685,8 @@ class ProtocolServer:
             OverflowError: no room for a new session.
         """
         key = request.headers.get(SESSION_HEADER)
-        session = self.sessions.get(key)
-        if session is None and key and self.backplane.shared:
-            # Opened on another node (or this one, before its handle was retired).
-            record = await self.backplane.load_session(key)
-            if record is not None:
-                session = self.sessions.get(key)  # another call may have made it meanwhile
-                if session is None:
-                    session = self.sessions.add(
-                        key, record.principal, self._remote(request), request.headers
-                    )
-                    session.receives = record.receives
+        # With a shared backplane, also a session opened on another node.
+        session = await self.backplane.find_session(key) if key else None
         found = session is not None
         if session is None:
             session = self.sessions.open(principal, self._remote(request), request.headers)

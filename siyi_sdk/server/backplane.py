@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..packets import Response
@@ -34,24 +33,9 @@ from .state import MemoryResponseCache, ResponseCache
 if TYPE_CHECKING:
     from .sessions import SessionRegistry
 
-__all__ = ["Backplane", "BackplaneHost", "MemoryBackplane", "SessionRecord"]
+__all__ = ["Backplane", "BackplaneHost", "MemoryBackplane"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    """What a backplane knows of a session opened by another node.
-
-    Attributes:
-        key: the session key.
-        principal: what authentication said about its peer (as JSON carried it).
-        receives: True once the peer showed it takes packets (a WebSocket or a poll).
-    """
-
-    key: str
-    principal: Any
-    receives: bool
 
 
 class BackplaneHost(Protocol):
@@ -96,6 +80,8 @@ class Backplane(ABC):
     node_id: str = "local"
     """This process's name among the nodes (random for shared backplanes)."""
 
+    _host: BackplaneHost | None = None
+
     def bind(self, host: BackplaneHost) -> None:
         """Serve `host` (the server calls this when it is built with this backplane).
 
@@ -123,10 +109,6 @@ class Backplane(ABC):
     @abstractmethod
     def session_factory(self) -> Callable[..., Connection]:
         """What the registry builds a session handle with (``Connection``'s keywords)."""
-
-    async def load_session(self, key: str) -> SessionRecord | None:
-        """A session this process does not know: the record if another node opened it."""
-        return None
 
     async def save_session(self, connection: Connection) -> None:
         """A session was opened here: make it known to every node."""
@@ -192,8 +174,6 @@ class Backplane(ABC):
             True if it was taken care of (sent on to the node that asked).
         """
         return False
-
-    _host: BackplaneHost | None = None
 
 
 class MemoryBackplane(Backplane):

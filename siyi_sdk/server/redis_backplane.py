@@ -58,13 +58,13 @@ from ..errors import (
 )
 from ..packets import TAKEN_OVER, Response, StatusCode, kept, new_id, parse_message
 from ..peer import Peer, encode_response
-from .backplane import Backplane, SessionRecord
+from .backplane import Backplane
 from .connection import Connection
 from .state import CacheKey, MemoryResponseCache, ResponseCache
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.client import PubSub
+    from redis.asyncio.client import Pipeline, PubSub
 
 __all__ = ["RedisBackplane", "RedisResponseCache", "SharedConnection"]
 
@@ -674,13 +674,17 @@ class RedisBackplane(Backplane):
             )
         return result
 
-    def _lost(self, exc: BaseException) -> None:
+    def _down(self, exc: BaseException) -> None:
+        # Logged once per outage; the listener's retries log each attempt.
         if self.connected:
             logger.error(
                 "Redis backplane at %s lost: %s; serving local clients only", self.url, exc
             )
         self.connected = False
         self._ready.clear()
+
+    def _lost(self, exc: BaseException) -> None:
+        self._down(exc)
         listener = self._listener
         if listener is not None and listener is not asyncio.current_task() and not self._stopped:
             # Its subscription may look fine while calls fail: start over, with backoff.
@@ -767,12 +771,7 @@ class RedisBackplane(Backplane):
                     await self._on_message(message["data"])
             raise self._redis_errors[0]("a call to Redis failed")
         except self._redis_errors as exc:
-            if self.connected:
-                logger.error(
-                    "Redis backplane at %s lost: %s; serving local clients only", self.url, exc
-                )
-            self.connected = False
-            self._ready.clear()
+            self._down(exc)
             raise
         finally:
             with contextlib.suppress(BaseException):
@@ -794,15 +793,9 @@ class RedisBackplane(Backplane):
                 )
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.set(self.key(f"n:{self.node_id}"), b"1", px=int(self.node_ttl * 1000))
-                    ttl = self._ttl_ms
-                    now = time.monotonic()
                     for session in self._host.sessions:
                         if session.is_connected or session.polls:
-                            assert isinstance(session, SharedConnection)
-                            if now - session._refreshed > ttl / 3000:
-                                session._refreshed = now
-                                pipe.pexpire(self._skey(session.session), ttl)
-                                pipe.pexpire(self._bkey(session.session), ttl)
+                            self._refresh(pipe, session, every=3)
                     await pipe.execute()
             except self._redis_errors as exc:
                 self._lost(exc)
@@ -846,28 +839,31 @@ class RedisBackplane(Backplane):
             pipe.pexpire(skey, self._ttl_ms)
             await self.call(pipe.execute)
 
-    async def load_session(self, key: str) -> SessionRecord | None:
-        """See `Backplane.load_session`."""
-        got = await self.call(self.redis.hmget, self._skey(key), ["principal", "receives"])
-        if got is self.UNREACHABLE or got[0] is None:
-            return None
-        return SessionRecord(key=key, principal=orjson.loads(got[0]), receives=bool(got[1]))
-
     async def touch_session(self, connection: Connection) -> None:
         """See `Backplane.touch_session` (at most a few times per TTL per session)."""
-        assert isinstance(connection, SharedConnection)
-        now = time.monotonic()
-        ttl = self._ttl_ms
-        if now - connection._refreshed < ttl / 10_000:
-            return
-        connection._refreshed = now
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.pexpire(self._skey(connection.session), ttl)
-            pipe.pexpire(self._bkey(connection.session), ttl)
+            if not self._refresh(pipe, connection, every=10):
+                return
             if connection.receives and not connection.is_connected:
                 pipe.hset(self._skey(connection.session), "receives", "1")
                 pipe.sadd(self.key("away"), connection.session)
             await self.call(pipe.execute)
+
+    def _refresh(self, pipe: Pipeline, connection: Connection, every: int) -> bool:
+        """Queue a restart of the session's clock in Redis, at most `every` times per TTL.
+
+        Returns:
+            False if it was restarted too recently (nothing queued).
+        """
+        assert isinstance(connection, SharedConnection)
+        now = time.monotonic()
+        ttl = self._ttl_ms
+        if (now - connection._refreshed) * 1000 < ttl / every:
+            return False
+        connection._refreshed = now
+        pipe.pexpire(self._skey(connection.session), ttl)
+        pipe.pexpire(self._bkey(connection.session), ttl)
+        return True
 
     async def claim(self, connection: Connection) -> int:
         """See `Backplane.claim`."""
@@ -934,15 +930,15 @@ class RedisBackplane(Backplane):
     async def find_session(self, key: str) -> Connection | None:
         """See `Backplane.find_session`."""
         assert self._host is not None
-        sessions = self._host.sessions
-        found = sessions.get(key)
+        found = self._host.sessions.get(key)
         if found is not None:
             return found
-        record = await self.load_session(key)
-        if record is None:
+        # Opened on another node (or here, before this process retired its handle).
+        got = await self.call(self.redis.hmget, self._skey(key), ["principal", "receives"])
+        if got is self.UNREACHABLE or got[0] is None:
             return None
-        found = sessions.get(key) or sessions.add(key, record.principal, None, {})
-        found.receives = found.receives or record.receives
+        found = self._handle(key, orjson.loads(got[0]))  # another call may have made it
+        found.receives = found.receives or bool(got[1])
         return found
 
     def _handle(self, key: str, principal: Any) -> Connection:

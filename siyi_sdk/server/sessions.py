@@ -87,16 +87,22 @@ class SessionRegistry:
         Raises:
             OverflowError: every session is attached and the bound is reached.
         """
+        if not self._make_room():
+            raise OverflowError(f"{self.max_sessions} sessions are live, all attached")
+        session = self.add(secrets.token_urlsafe(24), principal, remote_address, headers)
+        logger.debug("session %r opened", session)
+        return session
+
+    def _make_room(self) -> bool:
+        """Below the bound (retiring the longest-idle detached session if need be)?"""
         if len(self._sessions) >= self.max_sessions:
             self.sweep()
         if len(self._sessions) >= self.max_sessions:
             idle = self._oldest_idle()
             if idle is None:
-                raise OverflowError(f"{self.max_sessions} sessions are live, all attached")
+                return False
             self.retire(idle)
-        session = self.add(secrets.token_urlsafe(24), principal, remote_address, headers)
-        logger.debug("session %r opened", session)
-        return session
+        return True
 
     def add(
         self,
@@ -105,11 +111,11 @@ class SessionRegistry:
         remote_address: tuple[str, int] | None,
         headers: Mapping[str, str],
     ) -> Connection:
-        """Make a handle for a session with a given key (one another node opened)."""
-        if len(self._sessions) >= self.max_sessions:
-            self.sweep()
-        if len(self._sessions) >= self.max_sessions and (idle := self._oldest_idle()):
-            self.retire(idle)
+        """Make a handle for a session with a given key (one another node opened).
+
+        It is made even when every handle here is attached: the session exists already.
+        """
+        self._make_room()
         session = self._factory(
             session=key,
             principal=principal,
