@@ -62,7 +62,8 @@ def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool) -> T:
     if use_uvloop:
         import uvloop
 
-        return uvloop.run(main)
+        result: T = uvloop.run(main)  # typed Any where uvloop is not installed
+        return result
     return asyncio.run(main)
 
 

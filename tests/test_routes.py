@@ -34,6 +34,7 @@ from siyi_sdk import (
 )
 from siyi_sdk.packets import new_id
 from siyi_sdk.server import MemoryResponseCache
+from tests.conftest import open_http_session
 from tests.proxy import WAIT, Gate, WatchedCache, running_server, wait_for
 
 
@@ -425,11 +426,13 @@ async def test_remembered_responses_expire_on_the_server() -> None:
         game = Game(server)
         game.gate.open()
         packet = {"id": "again", "type": "request", "command": "slow", "params": {}}
-        assert (await post(server, packet))[1]["data"] == {"run": 1}
+        # Ids are scoped by session (§6): the repeats present the same session.
+        key = await open_http_session(server)
+        assert (await post(server, packet, key))[1]["data"] == {"run": 1}
         clock.now += 59
-        assert (await post(server, packet))[1]["data"] == {"run": 1}
+        assert (await post(server, packet, key))[1]["data"] == {"run": 1}
         clock.now += 2
-        assert (await post(server, packet))[1]["data"] == {"run": 2}
+        assert (await post(server, packet, key))[1]["data"] == {"run": 2}
         assert game.runs["slow"] == 2
 
 

@@ -591,8 +591,10 @@ async def test_past_max_sessions_the_longest_idle_detached_session_ends() -> Non
                 ws = await connect(ws_url(server))
                 sockets.append(ws)
                 await greeting_of(ws)
-            await watch.wait_ended(4)  # the three HTTP sessions made room, oldest first
-            assert [c.session for c in watch.ended] == [second, third, first, fourth]
+            # The three HTTP sessions made room: the provisional ones first (third and fourth,
+            # never presented again), then first, a full session since its key came back (§7).
+            await watch.wait_ended(4)
+            assert [c.session for c in watch.ended] == [second, third, fourth, first]
             assert len(server.sessions) == 3
             status, body, key = await post_packet(server, {"id": "n", "type": "event", "name": "n"})
             assert (status, body["code"], key) == (503, 503, None)

@@ -13,6 +13,7 @@ from tenacity import RetryCallState
 
 from ..errors import (
     ConnectionClosedError,
+    ForbiddenError,
     NotConnectedError,
     ProtocolError,
     TransportError,
@@ -251,6 +252,7 @@ class WebSocketAdapter(Adapter):
 
         Raises:
             UnauthorizedError: the server refused the key (not retried).
+            ForbiddenError: the session key belongs to another principal (not retried).
             ProtocolVersionError: the server speaks another protocol (not retried).
         """
         if self._http is None or self._http.closed:
@@ -260,7 +262,8 @@ class WebSocketAdapter(Adapter):
                 ws = await self._http.ws_connect(
                     self.url,
                     heartbeat=self.heartbeat_interval,
-                    max_msg_size=self.max_message_size,
+                    # aiohttp refuses a frame of exactly max_msg_size; the limit is allowed.
+                    max_msg_size=self.max_message_size + 1,
                     headers=self._upgrade_headers(),
                     autoclose=True,
                     autoping=True,
@@ -268,6 +271,11 @@ class WebSocketAdapter(Adapter):
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status == 401:
                     raise UnauthorizedError(f"{self.url} refused the key: {exc.message}") from exc
+                if exc.status == 403:
+                    # The session key belongs to another principal: retrying cannot help.
+                    raise ForbiddenError(
+                        f"{self.url} refused the session key: it belongs to another principal"
+                    ) from exc
                 raise
             first: str | bytes | None = None
             try:
@@ -285,6 +293,7 @@ class WebSocketAdapter(Adapter):
             on_event=self.handle_event,
             max_in_flight=self.max_in_flight,
             label=self.url,
+            max_message_size=self.max_message_size,
         )
         return peer, first
 

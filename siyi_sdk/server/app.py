@@ -11,11 +11,12 @@ import contextlib
 import hmac
 import inspect
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeAlias, TypeVar, overload
+from typing import Any, NamedTuple, Self, TypeAlias, TypeVar, overload
 
 import orjson
 from aiohttp import web
@@ -46,8 +47,9 @@ from ..packets import (
 from ..peer import Peer, call_event_handler, call_request_handler, encode_response
 from .backplane import Backplane, MemoryBackplane
 from .connection import Connection
+from .owners import same_owner
 from .routing import Route
-from .sessions import SessionRegistry
+from .sessions import SessionRegistry, bounded_headers
 from .state import ResponseCache
 from .uploads import UploadHandler, Uploads
 
@@ -64,11 +66,21 @@ ConnectionHandler: TypeAlias = Callable[[Connection], Awaitable[None] | None]
 Authenticate: TypeAlias = Callable[[Mapping[str, str]], Any]
 """``authenticate(request_headers) -> principal | None`` (sync or async); None refuses."""
 
+MAX_POLL_WAIT = 60.0
+"""The longest wait of one ``GET /events`` poll, in seconds (PROTOCOL.md §7)."""
+
 _URL_SECRETS = frozenset({"key", "token", "verify_key", "access_token", "authorization", "auth"})
 
 
 class _Refused(Exception):
     """Authentication failed; carries the message of the 401."""
+
+
+class _Caller(NamedTuple):
+    """An authenticated caller: its principal and the session its key names (if live)."""
+
+    principal: Any
+    session: Connection | None
 
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
@@ -632,10 +644,12 @@ class ProtocolServer:
 
     async def _sweep_sessions(self) -> None:
         # Expiry needs a clock, not traffic: a detached session nobody touches must still go.
-        interval = max(0.05, min(self.sessions.ttl / 4, 30.0))
         while True:
-            await asyncio.sleep(interval)
-            self.sessions.sweep()
+            sessions = self.sessions
+            await asyncio.sleep(
+                max(0.05, min(sessions.ttl / 4, sessions.provisional_ttl / 4, 30.0))
+            )
+            sessions.sweep()
 
     @staticmethod
     def _bearer(request: web.BaseRequest) -> str | None:
@@ -676,27 +690,62 @@ class ProtocolServer:
             raise _Refused("authentication failed")
         return principal
 
-    async def _session_for(
-        self, request: web.BaseRequest, principal: Any
-    ) -> tuple[Connection, bool]:
-        """The caller's session (found by its key, else newly opened) and whether it was found.
+    async def _caller(self, request: web.BaseRequest) -> _Caller | web.Response:
+        """Who is calling, and the session its key names; or the refusal to answer.
 
-        Raises:
-            OverflowError: no room for a new session.
+        401 for missing or wrong credentials; 403 for a session key that belongs to another
+        principal (PROTOCOL.md §7): that call opens, resumes and reveals nothing. An unknown or
+        expired key is no refusal: the caller gets a fresh session when one is opened.
         """
+        try:
+            principal = await self._authorize(request)
+        except _Refused as exc:
+            return self._refusal(401, StatusCode.UNAUTHORIZED, f"unauthorized: {exc}")
         key = request.headers.get(SESSION_HEADER)
         # With a shared backplane, also a session opened on another node.
-        session = await self.backplane.find_session(key) if key else None
-        found = session is not None
-        if session is None:
-            session = self.sessions.open(principal, self._remote(request), request.headers)
-            if self.backplane.shared:
-                await self.backplane.save_session(session)
-        else:
+        try:
+            session = await self.backplane.find_session(key) if key else None
+        except BackplaneUnavailableError as exc:
+            return self._refusal(503, StatusCode.UNAVAILABLE, f"unavailable: {exc}")
+        if session is not None and not same_owner(session.principal, principal):
+            logger.warning(
+                "refused a session key presented with other credentials (from %s)",
+                self._remote(request),
+            )
+            return self._refusal(
+                403, StatusCode.FORBIDDEN, "forbidden: this session belongs to another principal"
+            )
+        return _Caller(principal, session)
+
+    async def _session_of(
+        self, request: web.BaseRequest, caller: _Caller, *, provisional: bool = False
+    ) -> tuple[Connection, bool] | web.Response:
+        """The caller's session (found by its key, else newly opened) and whether it was found.
+
+        Called only once the call is known to be accepted: a refused call opens nothing.
+
+        Args:
+            request: the call.
+            caller: what `_caller` said of it.
+            provisional: a session opened here is provisional (a one-off HTTP call, §7).
+        """
+        session = caller.session
+        if session is not None:
             session.remote_address = self._remote(request)
-            session.headers = request.headers
+            session.headers = bounded_headers(request.headers)
+            if self.sessions.confirm(session) and self.backplane.shared:
+                await self.backplane.save_session(session)  # its full lifetime, everywhere
             self._touch(session)
-        return session, found
+            return session, True
+        try:
+            session = self.sessions.open(
+                caller.principal, self._remote(request), request.headers, provisional=provisional
+            )
+        except OverflowError as exc:
+            return self._refusal(503, StatusCode.UNAVAILABLE, f"unavailable: {exc}")
+        if self.backplane.shared:
+            await self.backplane.save_session(session)
+        return session, False
 
     @staticmethod
     def _refusal(status: int, code: int, message: str) -> web.Response:
@@ -707,22 +756,23 @@ class ProtocolServer:
     async def _open_session(
         self, request: web.BaseRequest
     ) -> tuple[Connection, bool] | web.Response:
-        """Authorize the caller and find or open its session; or the refusal to answer."""
-        try:
-            principal = await self._authorize(request)
-        except _Refused as exc:
-            return self._refusal(401, StatusCode.UNAUTHORIZED, f"unauthorized: {exc}")
-        try:
-            return await self._session_for(request, principal)
-        except OverflowError as exc:
-            return self._refusal(503, StatusCode.UNAVAILABLE, f"unavailable: {exc}")
+        """Authorize the caller and find or open its session; or the refusal to answer.
+
+        A session opened here is provisional (§7): the endpoints that open a full session
+        (the WebSocket, ``/events``) use `_caller` and `_session_of` themselves.
+        """
+        caller = await self._caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        return await self._session_of(request, caller, provisional=True)
 
     # aiohttp handlers -----------------------------------------------------------------------
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
             heartbeat=self.heartbeat_interval,
-            max_msg_size=self.max_message_size,
+            # aiohttp refuses a frame of exactly max_msg_size: the limit itself is allowed.
+            max_msg_size=self.max_message_size + 1,
             autoping=True,
             protocols=(SUBPROTOCOL,),
         )
@@ -734,7 +784,10 @@ class ProtocolServer:
             )
         if self._stopping:
             return self._refusal(503, StatusCode.UNAVAILABLE, "the server is shutting down")
-        opened = await self._open_session(request)
+        caller = await self._caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        opened = await self._session_of(request, caller)
         if isinstance(opened, web.Response):
             return opened
         session, resumed = opened
@@ -747,6 +800,7 @@ class ProtocolServer:
             label=f"connection #{session.id}",
             on_response=lambda response: self._on_response(session, response),
             transport=request.transport,
+            max_message_size=self.max_message_size,
         )
         self._peers.add(peer)
         previous = session.attach(peer)
@@ -818,43 +872,42 @@ class ProtocolServer:
             body=encode_response(response), status=status, content_type=_JSON, headers=headers
         )
 
+    def _too_large(self, size: int | None = None) -> web.Response:
+        said = f"{size} bytes, " if size is not None else ""
+        return self._refusal(
+            413,
+            StatusCode.TOO_LARGE,
+            f"too large: {said}the limit is {self.max_message_size} bytes",
+        )
+
     async def _general_inner(self, request: web.Request) -> web.Response:
-        opened = await self._open_session(request)
-        if isinstance(opened, web.Response):
-            return opened
-        session, found = opened
-        if request.content_length is not None and request.content_length > self.max_message_size:
-            return self._packet_response(
-                Response.fail(
-                    None,
-                    f"too large: {request.content_length} bytes, the limit is "
-                    f"{self.max_message_size}",
-                    StatusCode.TOO_LARGE,
-                ),
-                413,
-                session,
-            )
+        # Everything that can refuse the call comes before its session: a refused call (401,
+        # 403, 413, 400) opens none and answers no X-Siyi-Session (PROTOCOL.md §4).
+        caller = await self._caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        limit = self.max_message_size
+        if request.content_length is not None and request.content_length > limit:
+            return self._too_large(request.content_length)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return self._packet_response(
-                Response.fail(
-                    None,
-                    f"too large: the limit is {self.max_message_size} bytes",
-                    StatusCode.TOO_LARGE,
-                ),
-                413,
-                session,
-            )
+            return self._too_large()
+        if len(body) > limit:
+            return self._too_large(len(body))
         try:
             packet = parse_message(body)
         except ProtocolError as exc:
-            return self._packet_response(
-                Response.fail(exc.packet_id, str(exc), exc.code), 400, session
-            )
+            return self._packet_response(Response.fail(exc.packet_id, str(exc), exc.code), 400)
+        # Opened here, a session is provisional (§7) until its key is presented again.
+        opened = await self._session_of(request, caller, provisional=True)
+        if isinstance(opened, web.Response):
+            return opened
+        session, _ = opened
         if isinstance(packet, Request):
-            # A peer that presented its session gets its own id namespace (§6).
-            answer = await self.handle(session, packet, session.session if found else None)
+            # Ids are scoped by session only (§6): a caller without a key has a new session,
+            # so two callers can never see each other's answers, whatever ids they pick.
+            answer = await self.handle(session, packet, session.session)
             return self._packet_response(answer, 200, session)
         if isinstance(packet, Event):
             await self._deliver_event(session, packet)
@@ -863,14 +916,20 @@ class ProtocolServer:
         return self._packet_response(Response.success(packet.id), 200, session)
 
     async def _events(self, request: web.Request) -> web.Response:
-        opened = await self._open_session(request)
+        caller = await self._caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        try:
+            wait = float(request.query.get("wait", "0"))
+        except ValueError:
+            wait = math.nan
+        if math.isnan(wait):
+            return self._refusal(400, StatusCode.BAD_REQUEST, "bad request: 'wait' is seconds")
+        wait = min(max(wait, 0.0), MAX_POLL_WAIT)
+        opened = await self._session_of(request, caller)
         if isinstance(opened, web.Response):
             return opened
         session, _ = opened
-        try:
-            wait = min(float(request.query.get("wait", "0")), 300.0)
-        except ValueError:
-            return self._refusal(400, StatusCode.BAD_REQUEST, "bad request: 'wait' is seconds")
         # An empty `after` acknowledges nothing yet: unlike no `after`, it consumes nothing.
         after = request.query.get("after")
         session.receives = True

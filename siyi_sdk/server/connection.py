@@ -36,9 +36,11 @@ class Connection:
         id: a number unique within this server process.
         session: the session key (secret: give it only to its peer).
         principal: what authentication said about the peer (`authenticate`'s return value,
-            True with `verify_key`, None on an open server).
+            True with `verify_key`, None on an open server). It owns the session: the key
+            presented with other credentials is refused (403, PROTOCOL.md §7).
         remote_address: the peer's ``(host, port)`` as last seen, when known.
-        headers: the HTTP headers of its latest WebSocket upgrade or HTTP call.
+        headers: the HTTP headers of its latest WebSocket upgrade or HTTP call (a copy of at
+            most 8 KiB of them: see `bounded_headers`).
         peer: the WebSocket attached now, if any.
         close_code: the close code of its last WebSocket, once one has closed.
         dropped: packets dropped from the buffer since the last replay (oldest first).
@@ -66,7 +68,10 @@ class Connection:
         self.receives = False
         """True once the peer showed it takes packets (a WebSocket or a poll of /events):
         only then do broadcasts buffer for it while it is away."""
-        self.last_active = time.monotonic()
+        self.last_active = self.opened = time.monotonic()
+        self.provisional = False
+        """True while the session was opened by a one-off HTTP call and its key has not been
+        presented since (PROTOCOL.md §7): it buffers little and ends soon."""
         self.polls = 0
         self.ended = False
         self._buffer: deque[tuple[str, bytes]] = deque()
@@ -94,6 +99,18 @@ class Connection:
     def transport(self) -> Literal["websocket", "http"]:
         """``"websocket"`` while a WebSocket is attached, else ``"http"``."""
         return "websocket" if self.is_connected else "http"
+
+    @property
+    def buffer_limit(self) -> int:
+        """Packets the session keeps while its peer is away (the oldest go first)."""
+        return self._buffer_size
+
+    @buffer_limit.setter
+    def buffer_limit(self, size: int) -> None:
+        self._buffer_size = size
+        while len(self._buffer) > size:
+            self._buffer.popleft()
+            self.dropped += 1
 
     @property
     def buffered(self) -> int:

@@ -60,6 +60,7 @@ from ..packets import TAKEN_OVER, Response, StatusCode, kept, new_id, parse_mess
 from ..peer import Peer, encode_response
 from .backplane import Backplane
 from .connection import Connection
+from .owners import owner_key
 from .state import CacheKey, MemoryResponseCache, ResponseCache
 
 if TYPE_CHECKING:
@@ -272,11 +273,8 @@ def _message(op: bytes, header: dict[str, Any], payload: bytes = b"") -> bytes:
 
 
 def _principal_json(principal: Any) -> bytes:
-    # The principal crosses nodes as JSON; what JSON cannot carry crosses as its repr.
-    try:
-        return orjson.dumps(principal, default=repr)
-    except TypeError:
-        return b"null"
+    # The principal crosses nodes as its owner key (JSON), so ownership compares alike on all.
+    return owner_key(principal)
 
 
 _REMOTE_ERRORS: dict[str, type[Exception]] = {
@@ -836,7 +834,16 @@ class RedisBackplane(Backplane):
         skey = self._skey(connection.session)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(skey, "principal", _principal_json(connection.principal))
-            pipe.pexpire(skey, self._ttl_ms)
+            if connection.provisional:
+                # A provisional session (§7) takes broadcasts at once, for a short while:
+                # Redis forgets it on its own unless its key comes back (saved again then).
+                assert self._host is not None
+                pipe.hset(skey, "receives", "1")
+                pipe.sadd(self.key("away"), connection.session)
+                provisional_ms = int(self._host.sessions.provisional_ttl * 1000)
+                pipe.pexpire(skey, min(provisional_ms, self._ttl_ms))
+            else:
+                pipe.pexpire(skey, self._ttl_ms)
             await self.call(pipe.execute)
 
     async def touch_session(self, connection: Connection) -> None:

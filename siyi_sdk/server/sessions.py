@@ -11,21 +11,64 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .connection import Connection
 
-__all__ = ["SessionRegistry"]
+__all__ = [
+    "MAX_SESSION_HEADER_BYTES",
+    "PROVISIONAL_BUFFER",
+    "PROVISIONAL_TTL",
+    "SessionRegistry",
+    "bounded_headers",
+]
 
 logger = logging.getLogger(__name__)
+
+MAX_SESSION_HEADER_BYTES: Final = 8 * 1024
+"""A session keeps at most this much of its latest call's headers (PROTOCOL.md §4)."""
+PROVISIONAL_TTL: Final = 30.0
+"""Seconds a provisional session lives unless its key is presented again (§7)."""
+PROVISIONAL_BUFFER: Final = 100
+"""Packets a provisional session buffers at most (§7)."""
+
+
+def bounded_headers(
+    headers: Mapping[str, str], limit: int = MAX_SESSION_HEADER_BYTES
+) -> CIMultiDictProxy[str]:
+    """A copy of `headers` that holds at most `limit` bytes of names and values.
+
+    Headers are kept in the order sent; one that does not fit in what is left is skipped (a
+    later, smaller one may still fit), so a caller with huge headers costs its session
+    `limit` bytes, not what it sent. A copy, not the request's own mapping: that one keeps the
+    whole raw request head alive.
+    """
+    kept: CIMultiDict[str] = CIMultiDict()
+    room = limit
+    items = headers.items()
+    for name, value in items:
+        size = len(name) + len(value)
+        if size <= room:
+            kept.add(name, value)
+            room -= size
+    return CIMultiDictProxy(kept)
 
 
 class SessionRegistry:
     """The sessions of one server process.
 
+    A session opened by a one-off HTTP call is *provisional* (PROTOCOL.md §7): it buffers at
+    most `provisional_buffer` packets and ends `provisional_ttl` seconds after it opened unless
+    its key is presented again (`confirm`). Provisional sessions are kept in their own list,
+    oldest first, and are the first to go when the registry is full: a flood of one-shot
+    callers can never push out a full session.
+
     Args:
         ttl: seconds a session with no WebSocket and no HTTP activity lives on.
-        max_sessions: live sessions at most; past it the longest-idle detached one ends.
+        max_sessions: live sessions at most (provisional ones included); past it the oldest
+            provisional session ends, else the longest-idle detached one.
         buffer_size: packets each session keeps for its peer while it is away.
         request_timeout: the default timeout of requests sent through a session.
         on_end: called with each session that ends (expired, closed, evicted).
@@ -34,6 +77,8 @@ class SessionRegistry:
         on_retire: when set, an expired or evicted handle is only forgotten here and handed
             to it (a shared backplane decides whether the session lives on elsewhere);
             otherwise it ends.
+        provisional_ttl: seconds a provisional session lives unless confirmed.
+        provisional_buffer: packets a provisional session buffers at most.
     """
 
     def __init__(
@@ -47,8 +92,12 @@ class SessionRegistry:
         clock: Callable[[], float] = time.monotonic,
         factory: Callable[..., Connection] = Connection,
         on_retire: Callable[[Connection], None] | None = None,
+        provisional_ttl: float = PROVISIONAL_TTL,
+        provisional_buffer: int = PROVISIONAL_BUFFER,
     ) -> None:
         self.ttl = ttl
+        self.provisional_ttl = provisional_ttl
+        self.provisional_buffer = provisional_buffer
         self.max_sessions = max_sessions
         self.buffer_size = buffer_size
         self.request_timeout = request_timeout
@@ -59,6 +108,8 @@ class SessionRegistry:
         # Ordered by last activity, oldest first: expiry and eviction only ever look at the
         # front, so a flood of one-off HTTP callers costs O(1) per session, not a scan.
         self._sessions: OrderedDict[str, Connection] = OrderedDict()
+        # Provisional sessions by opening time, oldest first (a subset of `_sessions`).
+        self._provisional: OrderedDict[str, Connection] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -79,24 +130,63 @@ class SessionRegistry:
             return None
         return session
 
+    @property
+    def provisional(self) -> int:
+        """How many sessions are provisional now."""
+        return len(self._provisional)
+
     def open(
-        self, principal: Any, remote_address: tuple[str, int] | None, headers: Mapping[str, str]
+        self,
+        principal: Any,
+        remote_address: tuple[str, int] | None,
+        headers: Mapping[str, str],
+        *,
+        provisional: bool = False,
     ) -> Connection:
-        """Open a new session (ending the longest-idle detached one when at the bound).
+        """Open a new session (making room at the bound: see the class docstring).
+
+        Args:
+            principal: who opens it (its owner).
+            remote_address: the peer's ``(host, port)``.
+            headers: the opening call's headers (a bounded copy is kept).
+            provisional: opened by a one-off HTTP call: buffers little, ends soon unless
+                confirmed (PROTOCOL.md §7).
 
         Raises:
             OverflowError: every session is attached and the bound is reached.
         """
         if not self._make_room():
             raise OverflowError(f"{self.max_sessions} sessions are live, all attached")
+        # 192 bits from the OS's CSPRNG (§7 asks for at least 128).
         session = self.add(secrets.token_urlsafe(24), principal, remote_address, headers)
-        logger.debug("session %r opened", session)
+        if provisional:
+            session.provisional = True
+            session.receives = True  # it takes packets from its first moment, a few of them
+            session.buffer_limit = min(self.provisional_buffer, self.buffer_size)
+            self._provisional[session.session] = session
+        logger.debug("session %r opened%s", session, " (provisional)" if provisional else "")
         return session
 
+    def confirm(self, session: Connection) -> bool:
+        """The client presented a provisional session's key again: make it a full session.
+
+        Returns:
+            True if it was provisional (nothing it buffered is lost).
+        """
+        if not session.provisional:
+            return False
+        session.provisional = False
+        session.buffer_limit = self.buffer_size
+        self._provisional.pop(session.session, None)
+        return True
+
     def _make_room(self) -> bool:
-        """Below the bound (retiring the longest-idle detached session if need be)?"""
+        """Below the bound (ending a provisional or the longest-idle detached session)?"""
         if len(self._sessions) >= self.max_sessions:
             self.sweep()
+        if len(self._sessions) >= self.max_sessions and self._provisional:
+            oldest = next(iter(self._provisional.values()))
+            self.retire(oldest)
         if len(self._sessions) >= self.max_sessions:
             idle = self._oldest_idle()
             if idle is None:
@@ -124,7 +214,8 @@ class SessionRegistry:
             request_timeout=self.request_timeout,
             buffer_size=self.buffer_size,
         )
-        session.last_active = self._clock()
+        session.headers = bounded_headers(headers)
+        session.opened = session.last_active = self._clock()
         self._sessions[key] = session
         return session
 
@@ -147,6 +238,7 @@ class SessionRegistry:
         """End a session now (idempotent)."""
         if self._sessions.get(session.session) is session:
             del self._sessions[session.session]
+            self._provisional.pop(session.session, None)
             session.end()
             logger.debug("session %r ended", session)
             self._on_end(session)
@@ -160,12 +252,20 @@ class SessionRegistry:
             self.end(session)
         elif self._sessions.get(session.session) is session:
             del self._sessions[session.session]
+            self._provisional.pop(session.session, None)
             self._on_retire(session)
 
     def sweep(self) -> int:
         """Retire every expired session. Returns how many."""
         now = self._clock()
         ended = 0
+        provisional = self._provisional
+        while provisional:
+            oldest = next(iter(provisional.values()))
+            if now - oldest.opened < self.provisional_ttl:
+                break
+            self.retire(oldest)
+            ended += 1
         while (session := self._oldest_idle()) is not None and self._expired(session, now):
             self.retire(session)
             ended += 1
@@ -175,11 +275,13 @@ class SessionRegistry:
         """Forget a handle here without ending anything (it ended on another node)."""
         if self._sessions.get(session.session) is session:
             del self._sessions[session.session]
+            self._provisional.pop(session.session, None)
 
     def forget_all(self) -> None:
         """Drop every handle here without ending the sessions (they live on elsewhere)."""
         sessions = list(self._sessions.values())
         self._sessions.clear()
+        self._provisional.clear()
         for session in sessions:
             session.end()
 
