@@ -13,12 +13,26 @@
 
 Both upload channels authenticate like ``/general`` and answer with one Response packet.
 
+An upload belongs to the principal that started it (§8): the ``principal`` of the session
+that sent its first part, compared with `same_owner`, never the session itself, so its owner
+may go on from another session or another process. To any other principal its status, its
+resumption and a repeat of its id (a finished upload's file included) are answered with what
+the status of an unknown id gets, 404 ``unknown upload '<id>'``, on both channels; that answer
+is given before its size, progress or name is compared, without waiting for a running part,
+and without touching its bytes. (That the id is taken shows, since a new id would be
+accepted; nothing else about the upload does.) The owner is recorded as its owner key in memory
+and in ``state.json``, so a partial upload found on disk (after a restart, or by another
+process sharing the directory) keeps it. A ``state.json`` written before owners were recorded
+is taken as owned by ``None``, the one principal of a server without keys: on such a server it
+resumes as before, on a server with keys nobody can claim it and it expires.
+
 Storage, under `directory` (``upload_dir``)::
 
     <file_id>/<name>              a completed upload; file_id is a fresh UUID4 (hex) per
                                   file, name the sanitised name (`sanitize_filename`)
     .partial/<key>/data           the bytes received so far of an upload in progress
-    .partial/<key>/state.json     {"upload_id", "name", "size"}; key = SHA-256 of the id
+    .partial/<key>/state.json     {"upload_id", "name", "size", "owner"}; key = SHA-256 of
+                                  the id, owner = the owner key (`owner_key`) as text
 
 Bytes go to disk in batches (about 1 MiB) from a worker thread, hashed (MD5 and SHA-256) as
 they are written: a file is never held in memory, and the event loop never waits on the disk.
@@ -65,6 +79,7 @@ from ..upload import (
     FileInfo,
 )
 from .connection import Connection
+from .owners import owner_key, same_owner
 
 if TYPE_CHECKING:
     from .app import ProtocolServer
@@ -161,6 +176,51 @@ def sanitize_filename(name: str, default: str = "upload") -> str:
     return name
 
 
+# Owners --------------------------------------------------------------------------------------
+
+_UNKNOWN: Final[Any] = object()
+"""The principal of an owner read from disk: only its owner key is known."""
+_NOBODY: Final = b""
+"""An owner key no principal has (`owner_key` is never empty): for an unreadable owner."""
+
+
+@dataclass(frozen=True, eq=False)  # never compared whole: see `admits`
+class _Owner:
+    """Who an upload belongs to: its owner key, and the principal while this process has it."""
+
+    key: bytes
+    principal: Any = _UNKNOWN
+
+    @classmethod
+    def of(cls, principal: Any) -> _Owner:
+        return cls(owner_key(principal), principal)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Owner:
+        """The owner a ``state.json`` records."""
+        if "owner" not in state:
+            # Written before owners were recorded: only a server without keys (one
+            # principal, None) ever wrote those, so None is the one who may claim it.
+            return cls(owner_key(None))
+        recorded = state["owner"]
+        return cls(recorded.encode() if isinstance(recorded, str) else _NOBODY)
+
+    def admits(self, caller: Any) -> bool:
+        """True when `caller` (a session's principal) is this owner."""
+        if self.principal is not _UNKNOWN:
+            return same_owner(self.principal, caller)
+        return owner_key(caller) == self.key
+
+
+@dataclass
+class _Done:
+    """A completed upload, kept `resume_ttl` seconds so its owner can ask for its answer."""
+
+    stored: StoredFile
+    at: float
+    owner: _Owner
+
+
 # One upload in progress ----------------------------------------------------------------------
 
 _Hasher: TypeAlias = "hashlib._Hash"
@@ -175,6 +235,7 @@ class _Partial:
     size: int
     directory: Path
     resumable: bool
+    owner: _Owner
     received: int = 0
     md5: _Hasher | None = None  # of the first `received` bytes; None: re-hash the file
     sha256: _Hasher | None = None
@@ -513,7 +574,7 @@ class Uploads:
         self.bytes_received = 0
         self._handlers: list[UploadHandler] = []
         self._partials: dict[str, _Partial] = {}
-        self._completed: dict[str, tuple[StoredFile, float]] = {}
+        self._completed: dict[str, _Done] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._transports: set[asyncio.Transport] = set()
         self._executor: ThreadPoolExecutor | None = None
@@ -607,8 +668,8 @@ class Uploads:
                     partial.size,
                 )
                 await self._discard(partial)
-        for upload_id, (_, completed) in list(self._completed.items()):
-            if now - completed > self.resume_ttl:
+        for upload_id, done in list(self._completed.items()):
+            if now - done.at > self.resume_ttl:
                 del self._completed[upload_id]
         known = {p.directory.name for p in self._partials.values()}
         await self._run(self._sweep_disk, known)
@@ -656,14 +717,23 @@ class Uploads:
             return None
         partial = self._partials.get(upload_id)  # found by another task meanwhile
         if partial is None:
-            partial = _Partial(
-                upload_id=upload_id,
-                name=str(state["name"]),
-                size=int(state["size"]),
-                directory=directory,
-                resumable=True,
-                received=int(state["received"]),
-            )
+            # Its clock goes on from its last write, not from now: looking it up (anyone's
+            # GET) must not keep an abandoned upload alive.
+            idle = max(0.0, time.time() - float(state["touched"]))
+            try:
+                partial = _Partial(
+                    upload_id=upload_id,
+                    name=str(state["name"]),
+                    size=int(state["size"]),
+                    directory=directory,
+                    resumable=True,
+                    owner=_Owner.from_state(state),
+                    received=int(state["received"]),
+                    last_active=time.monotonic() - idle,
+                )
+            except (KeyError, TypeError, ValueError):
+                logger.warning("partial upload %s: unreadable state in %s", upload_id, directory)
+                return None
             self._partials[upload_id] = partial
         return partial
 
@@ -671,17 +741,31 @@ class Uploads:
     def _read_state(directory: Path) -> dict[str, Any] | None:
         try:
             state = orjson.loads((directory / "state.json").read_bytes())
-            state["received"] = (directory / "data").stat().st_size
-        except (OSError, orjson.JSONDecodeError, TypeError):
+            if not isinstance(state, dict):
+                return None
+            data = (directory / "data").stat()
+        except (OSError, orjson.JSONDecodeError):
             return None
-        return state if isinstance(state, dict) else None
+        state["received"] = data.st_size
+        state["touched"] = data.st_mtime
+        return state
 
     @staticmethod
     def _create(partial: _Partial) -> None:
         partial.directory.mkdir(parents=True, exist_ok=True)
-        partial.data.touch()
-        state = {"upload_id": partial.upload_id, "name": partial.name, "size": partial.size}
-        partial.state.write_bytes(orjson.dumps(state))
+        # Truncated: a new upload starts empty, even over bytes left without a readable state.
+        partial.data.write_bytes(b"")
+        state = {
+            "upload_id": partial.upload_id,
+            "name": partial.name,
+            "size": partial.size,
+            "owner": partial.owner.key.decode(),
+        }
+        # Replaced whole: another process sharing the directory never reads half a state
+        # (which it would take for no upload at all, and start over).
+        temporary = partial.state.with_suffix(".tmp")
+        temporary.write_bytes(orjson.dumps(state))
+        os.replace(temporary, partial.state)
 
     async def _discard(self, partial: _Partial) -> None:
         if self._partials.get(partial.upload_id) is partial:
@@ -717,11 +801,18 @@ class Uploads:
                 413,
                 f"too large: {spec.size} bytes, the limit is {self.max_size}",
             )
+        caller = session.principal
+        # Another principal's upload is refused before its lock is waited for: a wait, or a
+        # 429 while the owner's part runs, would tell that the id is in use.
+        if spec.resumable and not self._may_know(upload_id, caller):
+            return self._unknown(upload_id)
         lock = self._lock(upload_id)
         try:
             async with asyncio.timeout(self.busy_wait):
                 await lock.acquire()
         except TimeoutError:
+            if not self._may_know(upload_id, caller):  # its owner's part began meanwhile
+                return self._unknown(upload_id)
             return self._fail(
                 upload_id,
                 429,
@@ -736,8 +827,14 @@ class Uploads:
             return await self._receive_locked(spec, session, channel)
         except _Refusal as exc:
             partial = self._partials.get(upload_id)
-            # Without an id nobody can resume it: a refused part leaves nothing either.
-            if partial is not None and (exc.discard or not spec.resumable):
+            # Without an id nobody can resume it: a refused part leaves nothing either. Only
+            # the owner's part may cost an upload its bytes (refusals come after the owner
+            # check; this holds whatever is added above).
+            if (
+                partial is not None
+                and partial.owner.admits(caller)
+                and (exc.discard or not spec.resumable)
+            ):
                 await self._discard(partial)
             return self._fail(upload_id, exc.status, str(exc), exc.code, exc.received)
         except OSError:
@@ -756,13 +853,19 @@ class Uploads:
     async def _receive_locked(
         self, spec: _Spec, session: Connection, channel: _Channel
     ) -> _Answer | None:
+        caller = session.principal
         done = self._completed.get(spec.upload_id) if spec.resumable else None
         if done is not None:
-            stored = done[0]
+            if not done.owner.admits(caller):
+                return self._unknown(spec.upload_id)
+            stored = done.stored
             if stored.size != spec.size:
                 raise _Refusal(400, f"bad request: upload {spec.upload_id!r} was another file")
             return _Answer(Response.success(spec.upload_id, _wire(stored)), 200)  # answer lost
         partial = await self._find(spec.upload_id) if spec.resumable else None
+        if partial is not None and not partial.owner.admits(caller):
+            # Before anything about it (size, where it stands) is compared or told.
+            return self._unknown(spec.upload_id)
         if partial is None:
             if spec.start != 0:
                 raise _Refusal(
@@ -776,9 +879,17 @@ class Uploads:
                 size=spec.size,
                 directory=self._directory_of(spec.upload_id),
                 resumable=spec.resumable,
+                owner=_Owner.of(caller),
             )
-            await self._run(self._create, partial)
+            # Known before its state is on disk: from now on another principal is refused
+            # at once (`_may_know`), not after waiting for this part's lock.
             self._partials[spec.upload_id] = partial
+            try:
+                await self._run(self._create, partial)
+            except BaseException:
+                if self._partials.get(spec.upload_id) is partial:
+                    del self._partials[spec.upload_id]
+                raise
         elif partial.size != spec.size:
             raise _Refusal(
                 400,
@@ -877,11 +988,28 @@ class Uploads:
             path=path,
         )
         if partial.resumable:
-            self._completed[partial.upload_id] = (stored, time.monotonic())
+            self._completed[partial.upload_id] = _Done(stored, time.monotonic(), partial.owner)
         logger.info("upload %s stored as %s (%d bytes)", partial.upload_id, path, stored.size)
         for handler in self._handlers:
             self._server._spawn(call_event_handler(handler, (session, stored), "upload"))
         return _Answer(Response.success(partial.upload_id, _wire(stored)), 200)
+
+    def _may_know(self, upload_id: str, caller: Any) -> bool:
+        """False when this process holds upload `upload_id` and it is not `caller`'s.
+
+        Memory only, so it never waits: a partial upload known only on disk is checked once
+        its lock is held (`_receive_locked`, `_status`).
+        """
+        done = self._completed.get(upload_id)
+        if done is not None:
+            return done.owner.admits(caller)
+        partial = self._partials.get(upload_id)
+        return partial is None or partial.owner.admits(caller)
+
+    @classmethod
+    def _unknown(cls, upload_id: str) -> _Answer:
+        """The answer for an id nobody uploads, and for another principal's upload alike."""
+        return cls._fail(upload_id, 404, f"unknown upload {upload_id!r}")
 
     @staticmethod
     def _fail(
@@ -985,6 +1113,9 @@ class Uploads:
             return opened
         session, _ = opened
         upload_id = request.match_info["upload_id"]
+        caller = session.principal
+        if not self._may_know(upload_id, caller):
+            return self._answer(self._unknown(upload_id), session)
         lock = self._locks.get(upload_id)
         if lock is not None and lock.locked():
             # A part is ending (its connection just dropped): report where it stops.
@@ -994,7 +1125,9 @@ class Uploads:
                         pass
         done = self._completed.get(upload_id)
         if done is not None:
-            stored = done[0]
+            if not done.owner.admits(caller):
+                return self._answer(self._unknown(upload_id), session)
+            stored = done.stored
             body: dict[str, Any] = {
                 "upload_id": upload_id,
                 "received": stored.size,
@@ -1003,10 +1136,8 @@ class Uploads:
             }
         else:
             partial = await self._find(upload_id) if self.partial_directory else None
-            if partial is None:
-                return self._answer(
-                    self._fail(upload_id, 404, f"unknown upload {upload_id!r}"), session
-                )
+            if partial is None or not partial.owner.admits(caller):
+                return self._answer(self._unknown(upload_id), session)
             body = partial.status()
         return web.json_response(
             body,
