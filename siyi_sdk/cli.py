@@ -2,7 +2,8 @@
 
 Subcommands::
 
-    siyi serve [--host 127.0.0.1] [--port 8765] [--heartbeat 30]   the demo game server
+    siyi serve [--host 127.0.0.1] [--port 8765] [--heartbeat 30] [--cert FILE --key FILE]
+                                     the demo game server (TLS with --cert)
     siyi call URL COMMAND [JSON]     one request; prints the Response as one JSON line
     siyi listen URL                  prints each event the server sends as one JSON line
     siyi upload URL FILE             uploads a file; prints what the server stored as JSON
@@ -11,7 +12,8 @@ Subcommands::
 `call` speaks WebSocket to a ``ws://`` or ``wss://`` URL (one connection attempt, no
 reconnection) and HTTP to an ``http://`` or ``https://`` URL (``POST {URL}/general``).
 `upload` uses the upload WebSocket (``ws://``) or ``POST {URL}/upload`` (``http://``), resumes
-after drops, and draws a progress bar on stderr.
+after drops, and draws a progress bar on stderr. Over ``wss://`` and ``https://`` the server's
+certificate is verified against the system's CAs, or against ``--cafile FILE`` (a private CA).
 
 Exit codes: 0 success; 1 the server answered with an error Response (`call`), refused the upload
 (`upload`), or the demo saw something it did not expect; 2 no answer (the server cannot be
@@ -27,6 +29,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -40,7 +43,7 @@ from ._version import __version__
 from .adapters.http import HttpAdapter
 from .client import ProtocolClient
 from .demo import DemoFailedError, create_game_server, run_demo
-from .errors import ApiError, RequestTimeoutError, TransportError
+from .errors import ApiError, CertificateError, RequestTimeoutError, TransportError
 from .packets import PROTOCOL_VERSION, Event, Request, Response, encode
 from .server.redis_backplane import RedisBackplane
 from .upload import FileInfo, UploadSource
@@ -131,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREFIX",
         help="the namespace of the deployment's keys in Redis (siyi)",
     )
+    serve.add_argument(
+        "--cert",
+        metavar="FILE",
+        help="serve TLS (wss://, https://) with this PEM certificate chain (the server's "
+        "certificate first, then any intermediates)",
+    )
+    serve.add_argument(
+        "--key",
+        metavar="FILE",
+        help="the PEM private key of --cert, unencrypted (default: it is in the --cert file)",
+    )
     serve.set_defaults(run=_serve, log_level=logging.INFO)
 
     call = commands.add_parser(
@@ -210,6 +224,14 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("SIYI_KEY"),
         help="the server's key, sent as 'Authorization: Bearer KEY' (default: $SIYI_KEY)",
     )
+    parser.add_argument(
+        "--cafile",
+        dest="tls",
+        metavar="FILE",
+        type=_trust_ca,
+        help="verify a wss:// or https:// server against the CA certificates in this PEM file "
+        "instead of the system's (e.g. your own CA)",
+    )
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -224,6 +246,59 @@ def _json_object(text: str) -> dict[str, Any]:
             'the params must be a JSON object, e.g. \'{"world": "overworld"}\''
         )
     return value
+
+
+def _trust_ca(path: str) -> ssl.SSLContext:
+    """The client TLS context of ``--cafile``: verify servers against the CAs in `path`."""
+    try:
+        with open(path, "rb"):  # the ssl module's own errors do not name the file
+            pass
+        return ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{path} holds no PEM CA certificate ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _refuse_password() -> str:
+    raise ValueError("encrypted private key")
+
+
+def _server_tls(cert: str, key: str | None) -> ssl.SSLContext:
+    """The server TLS context of ``--cert``/``--key``.
+
+    Raises:
+        ValueError: a file cannot be read or is not a PEM certificate chain with its key (the
+            message says which and why).
+    """
+    for option, path in (("--cert", cert), ("--key", key)):
+        if path is None:
+            continue
+        try:  # the ssl module's own errors do not name the file
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        # A callback, not None: OpenSSL would otherwise prompt on the terminal for a password.
+        context.load_cert_chain(cert, key, password=_refuse_password)
+    except ssl.SSLError as exc:
+        files = f"{cert} and {key} are" if key is not None else f"{cert} is"
+        # OpenSSL's reason is worth showing when it has one (KEY_VALUES_MISMATCH); its
+        # "[SSL] PEM lib (_ssl.c:...)" for a file that is no PEM at all is not.
+        detail = f" ({exc.reason})" if exc.reason else ""
+        raise ValueError(
+            f"--cert/--key: {files} not a PEM certificate chain and its matching private "
+            f"key{detail}"
+        ) from None
+    except ValueError:  # from _refuse_password
+        raise ValueError(
+            f"--key: the private key in {key or cert} is encrypted: give an unencrypted one"
+        ) from None
+    return context
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -254,6 +329,13 @@ def _describe(exc: BaseException, timeout: float) -> str:
         return f"the server did not accept a WebSocket (HTTP {exc.status}): is it a siyi server?"
     if isinstance(exc, TimeoutError) and not str(exc):
         return f"no connection within {timeout:g} s"
+    if isinstance(exc, CertificateError):
+        cause = getattr(exc.__cause__, "certificate_error", None)
+        reason = getattr(cause, "verify_message", None) or cause or exc
+        return (
+            f"the server's TLS certificate did not verify ({reason}): "
+            "if you trust it, pass its CA with --cafile FILE"
+        )
     return str(exc) or type(exc).__name__
 
 
@@ -331,6 +413,15 @@ async def _serve(args: argparse.Namespace) -> int:
         except (ImportError, ValueError) as exc:
             _tell(args, f"--redis: {exc}")
             return EXIT_NO_ANSWER
+    if args.cert is not None:
+        try:
+            extra["ssl"] = _server_tls(args.cert, args.key)
+        except ValueError as exc:
+            _tell(args, str(exc))
+            return EXIT_NO_ANSWER
+    elif args.key is not None:
+        _tell(args, "--key needs --cert (the certificate chain it belongs to)")
+        return EXIT_NO_ANSWER
     server = create_game_server(
         args.host,
         args.port,
@@ -346,9 +437,10 @@ async def _serve(args: argparse.Namespace) -> int:
             return EXIT_NO_ANSWER
         base = f"{_url_host(args.host)}:{server.port}"
         shared = f", one node of {args.redis}" if args.redis else ""
+        ws, http = ("wss", "https") if server.ssl is not None else ("ws", "http")
         print(
-            f"serving the demo game on ws://{base} (and POST http://{base}/general){shared}; "
-            "Ctrl+C to stop",
+            f"serving the demo game on {ws}://{base} (and POST {http}://{base}/general)"
+            f"{shared}; Ctrl+C to stop",
             flush=True,
         )
         await server.start()  # until stop()
@@ -373,6 +465,7 @@ async def _call_websocket(args: argparse.Namespace, request: Request) -> Respons
         request_timeout=args.timeout,
         connect_timeout=args.timeout,
         headers=_headers(args),
+        ssl=args.tls,
     )
     async with _one_connection(client):
         return await client.send_packet(request)
@@ -380,7 +473,7 @@ async def _call_websocket(args: argparse.Namespace, request: Request) -> Respons
 
 async def _call_http(args: argparse.Namespace, request: Request) -> Response:
     async with HttpAdapter(
-        args.url, request_timeout=args.timeout, headers=_headers(args)
+        args.url, request_timeout=args.timeout, headers=_headers(args), ssl=args.tls
     ) as adapter:
         return await adapter.send_packet(request)
 
@@ -421,7 +514,9 @@ async def _listen(args: argparse.Namespace) -> int:
     if urlsplit(args.url).scheme.lower() not in _WEBSOCKET_SCHEMES:
         _tell(args, f"unsupported URL {args.url!r}: listen needs ws:// or wss://")
         return EXIT_NO_ANSWER
-    client = ProtocolClient(args.url, connect_timeout=args.timeout, headers=_headers(args))
+    client = ProtocolClient(
+        args.url, connect_timeout=args.timeout, headers=_headers(args), ssl=args.tls
+    )
     client.on_event(_print_event)
 
     async def listen() -> int:
@@ -487,13 +582,14 @@ async def _send_file(
             request_timeout=args.timeout,
             connect_timeout=args.timeout,
             headers=_headers(args),
+            ssl=args.tls,
         )
         try:  # the upload has a connection of its own: the packet channel is not opened
             return await client.upload(source, **options)
         finally:
             await client.close()
     async with HttpAdapter(
-        args.url, request_timeout=args.timeout, headers=_headers(args)
+        args.url, request_timeout=args.timeout, headers=_headers(args), ssl=args.tls
     ) as adapter:
         return await adapter.upload(source, **options)
 

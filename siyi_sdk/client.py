@@ -20,7 +20,8 @@ class ProtocolClient(WebSocketAdapter):
     long-running.
 
     It is also a `WebSocketAdapter`, so it can be added to an `AdapterManager`. Constructor
-    arguments are those of `WebSocketAdapter`.
+    arguments are those of `WebSocketAdapter`: over TLS, give a ``wss://`` URL, and ``ssl=`` a
+    context trusting the server's CA when it is not one the system trusts.
 
     Example::
 

@@ -9,6 +9,7 @@ The tree::
     ├── TransportError (also ConnectionError)  the link could not carry the packet
     │   ├── NotConnectedError                  no live connection to send on
     │   ├── ConnectionClosedError              the connection dropped while a request waited
+    │   ├── CertificateError                   the server's TLS certificate is not trusted
     │   ├── AllAdaptersFailedError             every adapter of a manager failed
     │   └── BackplaneUnavailableError          (server) the shared backplane (Redis) is down
     ├── RequestTimeoutError (also TimeoutError = asyncio.TimeoutError)
@@ -26,8 +27,10 @@ The tree::
         └── UnavailableError            503
 
 `TransportError` means "this packet may not have arrived: another route may carry it";
-an `ApiError` is an answer and is never retried elsewhere. Server-side handlers may raise an
-`ApiError` (or a subclass) to answer with its code and message.
+an `ApiError` is an answer and is never retried elsewhere. A `CertificateError` is a
+`TransportError` that reconnecting cannot cure: reconnect loops give up on it at once.
+Server-side handlers may raise an `ApiError` (or a subclass) to answer with its code and
+message.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "BackplaneUnavailableError",
     "BadRequestError",
     "BusyError",
+    "CertificateError",
     "ConnectionClosedError",
     "ForbiddenError",
     "HandlerFailedError",
@@ -128,6 +132,16 @@ class NotConnectedError(TransportError):
 
 class ConnectionClosedError(TransportError):
     """The connection dropped while a request was waiting for its Response."""
+
+
+class CertificateError(TransportError):
+    """The server's TLS certificate could not be verified.
+
+    It is not signed by a CA the client trusts, has expired, or names another host. Not
+    transient, so never retried: a reconnecting adapter gives up on it at once (as on a refused
+    key) and keeps it in `last_error`. Trust the server's CA with
+    ``ssl=ssl.create_default_context(cafile=...)`` (``--cafile`` on the command line).
+    """
 
 
 class AllAdaptersFailedError(TransportError):

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tenacity import RetryCallState, stop_after_attempt
 
 from .adapters.base import SessionRef, backoff
+from .adapters.tls import SSLOption, certificate_error, client_session
 from .errors import (
     BadRequestError,
     BusyError,
@@ -375,6 +376,7 @@ class _Target:
     connect_timeout: float | None
     answer_timeout: float | None
     heartbeat: float | None = None
+    ssl: SSLOption = None  # the adapter's TLS setting: an upload trusts what its adapter does
 
 
 @dataclass
@@ -420,7 +422,7 @@ class _Upload:
             _RETRY_ON,
             self._log_retry,
         ).copy(stop=stop_after_attempt(max(1, self.target.attempts)))
-        async with aiohttp.ClientSession() as self._http:
+        async with client_session(self.target.ssl) as self._http:
             ask = self._ask_first
             async for attempt in retrying:
                 with attempt:
@@ -444,6 +446,10 @@ class _Upload:
                     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                         if isinstance(exc, TransportError):
                             raise
+                        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+                            raise certificate_error(
+                                exc, self.target.ws_url or self.target.url
+                            ) from exc
                         raise TransportError(
                             f"{self.target.label}: upload interrupted: {type(exc).__name__}: {exc}"
                         ) from exc
@@ -500,6 +506,8 @@ class _Upload:
             ) as reply:
                 self.target.session.adopt(reply.headers, self.target.label)
                 body = await reply.read()
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise certificate_error(exc, url) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransportError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
         if reply.status == 200:
@@ -685,6 +693,7 @@ async def websocket_upload(
         connect_timeout=adapter.connect_timeout,
         answer_timeout=adapter.request_timeout,
         heartbeat=adapter.heartbeat_interval,
+        ssl=adapter.ssl,
     )
     async with open_source(source, name) as src:
         return await _Upload(target, src, progress, upload_id).run()
@@ -717,6 +726,7 @@ async def http_upload(
         attempts=adapter.upload_attempts,
         connect_timeout=adapter.request_timeout,
         answer_timeout=adapter.request_timeout,
+        ssl=adapter.ssl,
     )
     async with open_source(source, name) as src:
         return await _Upload(target, src, progress, upload_id).run()

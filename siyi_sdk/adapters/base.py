@@ -13,11 +13,12 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     wait_exponential,
     wait_random,
 )
 
-from ..errors import ProtocolVersionError, TransportError
+from ..errors import CertificateError, ProtocolVersionError, TransportError
 from ..packets import (
     PROTOCOL_VERSION,
     SESSION_HEADER,
@@ -95,14 +96,16 @@ def backoff(
         initial: the first delay in seconds (then doubled each time).
         maximum: the ceiling of the delay.
         sleep: how to wait (inject a fast one in tests).
-        retry_on: the exceptions that mean "try again"; any other is raised.
+        retry_on: the exceptions that mean "try again"; any other is raised. A
+            `CertificateError` is always raised: an untrusted certificate stays untrusted,
+            and retrying it forever would hide the cause behind backoff (like a refused key).
         before_sleep: called after each failed attempt (for logging).
     """
     return AsyncRetrying(
         # Not wait_exponential_jitter: its `initial` is deprecated in tenacity 9 and its
         # replacement `multiplier` does not exist in the tenacity 8 we still support.
         wait=wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial / 2),
-        retry=retry_if_exception_type(retry_on),
+        retry=retry_if_exception_type(retry_on) & retry_if_not_exception_type(CertificateError),
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,

@@ -30,6 +30,7 @@ from ..packets import (
     parse_object,
 )
 from .base import Adapter, AdapterMode, backoff, check_protocol
+from .tls import SSLOption, certificate_error, client_session
 
 if TYPE_CHECKING:
     from ..upload import FileInfo, UploadProgress, UploadSource
@@ -56,7 +57,8 @@ class HttpAdapter(Adapter):
     acknowledges what the previous one returned, so a lost answer loses nothing.
 
     Args:
-        base_url: the server's base URL, e.g. ``http://127.0.0.1:8765``.
+        base_url: the server's base URL, e.g. ``http://127.0.0.1:8765`` or, over TLS,
+            ``https://example.com:8765``.
         priority: preference within an AdapterManager (higher first).
         mode: SEND by default; add RECEIVE to long-poll for events and server requests.
         request_timeout: default seconds for one call (None: no limit).
@@ -68,6 +70,10 @@ class HttpAdapter(Adapter):
         poll_wait: seconds one long poll may wait on the server.
         reconnect_interval: first backoff delay after a failed poll.
         max_reconnect_interval: the backoff's ceiling.
+        ssl: how an ``https://`` server's certificate is verified (also for uploads and
+            polls): None for the system's default, an `ssl.SSLContext` (e.g. trusting your
+            CA), or False for no verification (testing only). An untrusted certificate raises
+            `CertificateError`, which polling does not retry.
         sleep: the coroutine used to wait between failed polls (inject one in tests).
     """
 
@@ -88,9 +94,11 @@ class HttpAdapter(Adapter):
         poll_wait: float = 25.0,
         reconnect_interval: float = 1.0,
         max_reconnect_interval: float = 30.0,
+        ssl: SSLOption = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.ssl = ssl
         if priority is not None:
             self.priority = priority
         if mode is not None:
@@ -119,7 +127,7 @@ class HttpAdapter(Adapter):
     async def start(self) -> None:
         """Open the keep-alive session; with RECEIVE, start long-polling."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(headers=self.headers)
+            self._http = client_session(self.ssl, headers=self.headers)
         if AdapterMode.RECEIVE in self.mode and (self._poller is None or self._poller.done()):
             self._poller = asyncio.create_task(self._poll_forever())
             self._poller.add_done_callback(self._poller_ended)
@@ -144,7 +152,7 @@ class HttpAdapter(Adapter):
     ) -> tuple[int, bytes]:
         """One HTTP exchange carrying the session key both ways."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(headers=self.headers)
+            self._http = client_session(self.ssl, headers=self.headers)
         try:
             async with self._http.request(
                 method,
@@ -157,6 +165,8 @@ class HttpAdapter(Adapter):
                 return reply.status, await reply.read()
         except TimeoutError:
             raise RequestTimeoutError(f"{method} {url}: no answer within {timeout:g} s") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise certificate_error(exc, url) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -193,7 +203,8 @@ class HttpAdapter(Adapter):
             timeout: seconds for the call; defaults to `request_timeout`.
 
         Raises:
-            TransportError: the server could not be reached or did not answer with a packet.
+            TransportError: the server could not be reached or did not answer with a packet
+                (a `CertificateError` when its TLS certificate is not trusted).
             RequestTimeoutError: no answer in time (an `asyncio.TimeoutError`).
             ProtocolVersionError: the server speaks another protocol version.
         """

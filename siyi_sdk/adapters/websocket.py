@@ -29,6 +29,7 @@ from ..packets import (
 )
 from ..peer import Peer
 from .base import Adapter, AdapterMode, backoff, check_protocol
+from .tls import SSLOption, certificate_error, client_session
 
 if TYPE_CHECKING:
     from ..upload import FileInfo, UploadProgress, UploadSource
@@ -54,7 +55,8 @@ class WebSocketAdapter(Adapter):
     `ConnectionClosedError`.
 
     Args:
-        url: the server's WebSocket URL, e.g. ``ws://127.0.0.1:8765``.
+        url: the server's WebSocket URL, e.g. ``ws://127.0.0.1:8765`` or, over TLS,
+            ``wss://example.com:8765``.
         priority: preference within an AdapterManager (higher first).
         mode: override SEND | RECEIVE.
         reconnect_interval: first backoff delay in seconds.
@@ -67,6 +69,10 @@ class WebSocketAdapter(Adapter):
         max_in_flight: server requests handled at once; more get 429.
         headers: extra HTTP headers for the upgrade request.
         token: the server's key, sent as ``Authorization: Bearer <token>``.
+        ssl: how a ``wss://`` server's certificate is verified (also for uploads): None for
+            the system's default, an `ssl.SSLContext` (e.g. trusting your CA), or False for
+            no verification (testing only). An untrusted certificate raises
+            `CertificateError`, which is not retried.
         sleep: the coroutine used to wait between attempts (inject a fast one in tests).
     """
 
@@ -87,10 +93,12 @@ class WebSocketAdapter(Adapter):
         max_in_flight: int = 1000,
         headers: Mapping[str, str] | None = None,
         token: str | None = None,
+        ssl: SSLOption = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.url = url
         self.token = token
+        self.ssl = ssl
         if priority is not None:
             self.priority = priority
         if mode is not None:
@@ -253,10 +261,11 @@ class WebSocketAdapter(Adapter):
         Raises:
             UnauthorizedError: the server refused the key (not retried).
             ForbiddenError: the session key belongs to another principal (not retried).
+            CertificateError: the server's TLS certificate is not trusted (not retried).
             ProtocolVersionError: the server speaks another protocol (not retried).
         """
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            self._http = client_session(self.ssl)
         async with asyncio.timeout(self.connect_timeout):
             try:
                 ws = await self._http.ws_connect(
@@ -268,6 +277,8 @@ class WebSocketAdapter(Adapter):
                     autoclose=True,
                     autoping=True,
                 )
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise certificate_error(exc, self.url) from exc
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status == 401:
                     raise UnauthorizedError(f"{self.url} refused the key: {exc.message}") from exc
