@@ -35,10 +35,25 @@ message.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from .packets import Response
+
+class ErrorAnswer(Protocol):
+    """What the errors need of an error Response (`packets.Response` fits).
+
+    Structural, so that this module, the lowest layer, names no packet (DESIGN.md).
+    """
+
+    @property
+    def code(self) -> int:
+        """The status code."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """The message."""
+        ...
+
 
 __all__ = [
     "AllAdaptersFailedError",
@@ -48,6 +63,7 @@ __all__ = [
     "BusyError",
     "CertificateError",
     "ConnectionClosedError",
+    "ErrorAnswer",
     "ForbiddenError",
     "HandlerFailedError",
     "HandlerTimeoutError",
@@ -98,10 +114,10 @@ class InvalidResultError(SiyiError, ValueError):
     """The peer answered ok, but its data does not fit the command's declared result type.
 
     Attributes:
-        response: the Response received.
+        response: the `Response` received.
     """
 
-    def __init__(self, message: str, *, response: Response) -> None:
+    def __init__(self, message: str, *, response: Any) -> None:
         super().__init__(message)
         self.response = response
 
@@ -181,14 +197,12 @@ class ApiError(SiyiError):
 
     Attributes:
         code: the Response's status code.
-        response: the Response, when this error was built from one.
+        response: the `Response`, when this error was built from one.
     """
 
     default_code: ClassVar[int] = 1
 
-    def __init__(
-        self, message: str, *, code: int | None = None, response: Response | None = None
-    ) -> None:
+    def __init__(self, message: str, *, code: int | None = None, response: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = self.default_code if code is None else code
@@ -275,7 +289,7 @@ _ERRORS_BY_CODE: dict[int, type[ApiError]] = {
 }
 
 
-def error_for_response(response: Response) -> ApiError:
+def error_for_response(response: ErrorAnswer) -> ApiError:
     """Build the typed error for an error Response.
 
     Args:

@@ -114,6 +114,8 @@ class Request(BaseModel):
         id: unique per sender while in flight (1-128 characters).
         command: the command's name.
         params: the command's arguments, a JSON object or None.
+        meta: what travels beside the packet (PROTOCOL.md §2): ``timeout``, ``window``,
+            ``traceparent``, ``tracestate``; None when empty.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -122,9 +124,15 @@ class Request(BaseModel):
     type: Literal["request"] = "request"
     command: str = Field(min_length=1)
     params: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = None
 
     @classmethod
-    def make(cls, command: str, params: dict[str, Any] | None = None) -> Request:
+    def make(
+        cls,
+        command: str,
+        params: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Request:
         """Build a Request with a fresh id: what ``Request(command=..., params=...)`` builds.
 
         The SDK's own senders use it: the arguments are checked by hand (then the model is
@@ -134,11 +142,23 @@ class Request(BaseModel):
             pydantic.ValidationError: `command` is empty or not a string, or `params` is not
                 a dict.
         """
-        if type(command) is str and command and (params is None or type(params) is dict):
+        if (
+            type(command) is str
+            and command
+            and (params is None or type(params) is dict)
+            and (meta is None or type(meta) is dict)
+        ):
             return _trusted(
-                cls, {"id": new_id(), "type": "request", "command": command, "params": params}
+                cls,
+                {
+                    "id": new_id(),
+                    "type": "request",
+                    "command": command,
+                    "params": params,
+                    "meta": meta,
+                },
             )
-        return cls(command=command, params=params)
+        return cls(command=command, params=params, meta=meta)
 
 
 class Event(BaseModel):
@@ -148,6 +168,7 @@ class Event(BaseModel):
         id: unique per sender (generated when not given).
         name: the event's name.
         data: any JSON value.
+        meta: what travels beside the packet (PROTOCOL.md §2); None when empty.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -156,6 +177,7 @@ class Event(BaseModel):
     type: Literal["event"] = "event"
     name: str = Field(min_length=1)
     data: Any = None
+    meta: dict[str, Any] | None = None
 
 
 class Response(BaseModel):
@@ -171,6 +193,7 @@ class Response(BaseModel):
         code: 0 for ok, else a `StatusCode` or an application code (>= 1000).
         data: the result (ok).
         error: a human-readable message (error).
+        meta: what travels beside the packet (PROTOCOL.md §2); None when empty.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -181,6 +204,7 @@ class Response(BaseModel):
     code: int = -1  # never kept: `_default_code` fills in a missing code from `status`
     data: Any = None
     error: str | None = None
+    meta: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -222,6 +246,7 @@ class Response(BaseModel):
                     "code": 0,
                     "data": data,
                     "error": None,
+                    "meta": None,
                 },
             )
         return cls(id=id, status="ok", code=0, data=data)
@@ -255,6 +280,7 @@ class Response(BaseModel):
                     "code": int(code),
                     "data": None,
                     "error": error,
+                    "meta": None,
                 },
             )
         return cls(id=id, status="error", code=code, error=error)
@@ -293,6 +319,9 @@ def _parse_plain(obj: dict[str, Any]) -> Packet | None:
     """The well-formed packets of the hot path, checked by hand; None sends it to pydantic."""
     kind = obj.get("type")
     pid = obj.get("id")
+    meta = obj.get("meta")
+    if meta is not None and type(meta) is not dict:
+        return None  # pydantic says why
     if kind == "request":
         command = obj.get("command")
         params = obj.get("params")
@@ -303,7 +332,8 @@ def _parse_plain(obj: dict[str, Any]) -> Packet | None:
             and (params is None or type(params) is dict)
         ):
             return _trusted(
-                Request, {"id": pid, "type": "request", "command": command, "params": params}
+                Request,
+                {"id": pid, "type": "request", "command": command, "params": params, "meta": meta},
             )
     elif kind == "response":
         status = obj.get("status")
@@ -327,13 +357,15 @@ def _parse_plain(obj: dict[str, Any]) -> Packet | None:
                     "code": code,
                     "data": obj.get("data"),
                     "error": error,
+                    "meta": meta,
                 },
             )
     elif kind == "event":
         name = obj.get("name")
         if _is_id(pid) and type(name) is str and name:
             return _trusted(
-                Event, {"id": pid, "type": "event", "name": name, "data": obj.get("data")}
+                Event,
+                {"id": pid, "type": "event", "name": name, "data": obj.get("data"), "meta": meta},
             )
     return None
 
@@ -440,4 +472,7 @@ def encode(packet: Packet) -> bytes:
             obj["params"] = packet.params
     else:
         obj = {"id": packet.id, "type": "event", "name": packet.name, "data": packet.data}
+    meta = packet.meta
+    if meta:
+        obj["meta"] = meta
     return orjson.dumps(obj, default=_default)

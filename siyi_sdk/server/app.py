@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeAlias, TypeVar, overload
 
@@ -126,6 +127,9 @@ class ProtocolServer:
         backplane: where sessions, buffers, the response cache and broadcasts live. The
             default, `MemoryBackplane`, keeps them in this process; give each of several
             server processes a `RedisBackplane` on one Redis to serve as one server.
+        ssl: serve HTTPS and WSS on the port with this context (one holding the certificate
+            chain and key, e.g. ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` then
+            ``load_cert_chain``); None serves plain HTTP and WS. Kept as `ssl`.
     """
 
     def __init__(
@@ -155,8 +159,11 @@ class ProtocolServer:
         upload_resume_ttl: float = 600.0,
         upload_path: str = "/upload",
         backplane: Backplane | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.host = host
+        # Public: what the server serves depends on it (e.g. `Secure` cookies under TLS).
+        self.ssl = ssl
         self._port = port
         self.heartbeat_interval = heartbeat_interval
         self.max_message_size = max_message_size
@@ -351,14 +358,16 @@ class ProtocolServer:
         await runner.setup()
         try:
             await self.backplane.start()
-            await web.TCPSite(runner, self.host, self._port).start()
+            await web.TCPSite(runner, self.host, self._port, ssl_context=self.ssl).start()
         except BaseException:
             await runner.cleanup()
             await self.backplane.stop()
             raise
         self._runner = runner
         self._sweeper = asyncio.create_task(self._sweep_sessions())
-        logger.info("serving on ws://%s:%d%s", self.host, self.port, self.path)
+        logger.info(
+            "serving on %s://%s:%d%s", "wss" if self.ssl else "ws", self.host, self.port, self.path
+        )
 
     async def start(self) -> None:
         """Start serving and keep serving until `stop()` is called (long-running)."""
