@@ -257,15 +257,19 @@ class SiyiClient:
 
 
 class SiyiApiWs:
-    """siyi-sdk's typed Api over a WebSocketAdapter; requests are ``api.echo(payload)``."""
+    """siyi-sdk's typed Api over a WebSocketAdapter; requests are ``api.echo(payload)``.
+
+    The demo's `GameApi`: an `Api` subclass with a method per command, as a user's would be.
+    """
 
     def __init__(self, port: int, shared: Shared, on_event: EventSink | None) -> None:
-        from siyi_sdk import Api, WebSocketAdapter
+        from siyi_sdk import WebSocketAdapter
+        from siyi_sdk.demo import GameApi
 
         self.adapter = WebSocketAdapter(
             f"ws://{HOST}:{port}", request_timeout=_TIMEOUT, connect_timeout=_TIMEOUT
         )
-        self.api = Api(self.adapter)
+        self.api = GameApi(self.adapter)
 
     async def start(self) -> None:
         await self.adapter.start()
@@ -285,13 +289,14 @@ class SiyiApiWs:
 
 
 class SiyiApiHttp:
-    """siyi-sdk's typed Api over an HttpAdapter; requests are ``api.echo(payload)``."""
+    """siyi-sdk's typed Api (the demo's `GameApi`) over an HttpAdapter: ``api.echo(payload)``."""
 
     def __init__(self, port: int, shared: Shared, on_event: EventSink | None) -> None:
-        from siyi_sdk import Api, HttpAdapter
+        from siyi_sdk import HttpAdapter
+        from siyi_sdk.demo import GameApi
 
         self.adapter = HttpAdapter(f"http://{HOST}:{port}", request_timeout=_TIMEOUT)
-        self.api = Api(self.adapter)
+        self.api = GameApi(self.adapter)
 
     async def start(self) -> None:
         await self.adapter.start()

@@ -1,7 +1,13 @@
 """siyi-sdk: two-way request/response and events over WebSocket and HTTP, for asyncio.
 
-The public names are all importable from here; see the README for a tour.
+The public names are all importable from here; see the README for a tour. The server's names
+(`ProtocolServer`, `Connection`, the backplanes, `StoredFile`) load on first use, so that a
+client never loads aiohttp's server side or Redis. The demo game's commands and `GameApi` are
+in `siyi_sdk.demo`.
 """
+
+import importlib
+import typing
 
 from ._version import __version__
 from .adapters import (
@@ -12,18 +18,7 @@ from .adapters import (
     MockAdapter,
     WebSocketAdapter,
 )
-from .api import (
-    Api,
-    Command,
-    Echo,
-    EventModel,
-    GameStatus,
-    GetPlayerList,
-    GetStatus,
-    PlayerJoined,
-    PlayerUpdate,
-    PlayerUpdatedNotification,
-)
+from .api import Api, Command, EventModel
 from .client import ProtocolClient
 from .errors import (
     AllAdaptersFailedError,
@@ -40,6 +35,7 @@ from .errors import (
     InvalidResultError,
     NotConnectedError,
     ProtocolError,
+    ProtocolVersionError,
     RequestTimeoutError,
     SiyiError,
     TooLargeError,
@@ -60,8 +56,19 @@ from .packets import (
     encode,
     parse_message,
 )
-from .server import Connection, MemoryBackplane, ProtocolServer, RedisBackplane, StoredFile
-from .upload import FileInfo
+from .wire import FileInfo
+
+if typing.TYPE_CHECKING:
+    from .server import Connection, MemoryBackplane, ProtocolServer, RedisBackplane, StoredFile
+
+# The server's names, imported on first use (PEP 562): name -> the module that defines it.
+_LAZY: dict[str, str] = {
+    "Connection": ".server",
+    "MemoryBackplane": ".server",
+    "ProtocolServer": ".server",
+    "RedisBackplane": ".server",
+    "StoredFile": ".server",
+}
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -78,14 +85,10 @@ __all__ = [
     "Command",
     "Connection",
     "ConnectionClosedError",
-    "Echo",
     "Event",
     "EventModel",
     "FileInfo",
     "ForbiddenError",
-    "GameStatus",
-    "GetPlayerList",
-    "GetStatus",
     "HandlerFailedError",
     "HandlerTimeoutError",
     "HttpAdapter",
@@ -95,12 +98,10 @@ __all__ = [
     "MockAdapter",
     "NotConnectedError",
     "Packet",
-    "PlayerJoined",
-    "PlayerUpdate",
-    "PlayerUpdatedNotification",
     "ProtocolClient",
     "ProtocolError",
     "ProtocolServer",
+    "ProtocolVersionError",
     "RedisBackplane",
     "Request",
     "RequestPacket",
@@ -120,3 +121,19 @@ __all__ = [
     "encode",
     "parse_message",
 ]
+
+
+if not typing.TYPE_CHECKING:  # hidden from type checkers, so that a misspelt name stays an error
+
+    def __getattr__(name: str) -> typing.Any:
+        """Import a server name on first use; it is then a plain attribute of the package."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

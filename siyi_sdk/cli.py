@@ -41,12 +41,13 @@ import orjson
 
 from ._version import __version__
 from .adapters.http import HttpAdapter
+from .adapters.upload_source import UploadSource
 from .client import ProtocolClient
 from .demo import DemoFailedError, create_game_server, run_demo
 from .errors import ApiError, CertificateError, RequestTimeoutError, TransportError
 from .packets import PROTOCOL_VERSION, Event, Request, Response, encode
 from .server.redis_backplane import RedisBackplane
-from .upload import FileInfo, UploadSource
+from .wire import FileInfo
 
 __all__ = ["EXIT_ERROR_RESPONSE", "EXIT_INTERRUPTED", "EXIT_NO_ANSWER", "EXIT_OK", "main"]
 

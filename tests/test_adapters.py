@@ -17,18 +17,12 @@ from aiohttp import web
 from siyi_sdk import (
     Adapter,
     AdapterMode,
-    Api,
     Connection,
     ConnectionClosedError,
-    Echo,
     Event,
-    GameStatus,
-    GetPlayerList,
-    GetStatus,
     HttpAdapter,
     MockAdapter,
     NotConnectedError,
-    PlayerJoined,
     ProtocolServer,
     Request,
     RequestPacket,
@@ -39,6 +33,7 @@ from siyi_sdk import (
     UnknownCommandError,
     WebSocketAdapter,
 )
+from siyi_sdk.demo import Echo, GameApi, GameStatus, GetPlayerList, GetStatus, PlayerJoined
 from tests.proxy import WAIT, Gate, running_server, wait_for
 
 WORLDS = {"overworld": ["Player1", "Steve", "Alex"], "nether": ["Herobrine"]}
@@ -97,7 +92,7 @@ async def game() -> AsyncIterator[ProtocolServer]:
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
 async def test_same_typed_calls_over_every_adapter(game: ProtocolServer, transport: str) -> None:
     async with TRANSPORTS[transport](game) as adapter:
-        api = Api(adapter)
+        api = GameApi(adapter)
         assert await api.get_player_list() == ["Player1", "Steve", "Alex"]
         assert await api.get_player_list(world="nether") == ["Herobrine"]
         assert await api.call(GetPlayerList(world="nether")) == ["Herobrine"]
@@ -292,7 +287,7 @@ async def test_http_adapter_sends_its_headers(game: ProtocolServer) -> None:
 async def test_mock_adapter_records_and_pushes() -> None:
     adapter = MockAdapter(game_mock)
     got: list[PlayerJoined] = []
-    api = Api(adapter)
+    api = GameApi(adapter)
     api.on_event(PlayerJoined)(got.append)
 
     await api.get_player_list()

@@ -24,17 +24,12 @@ from siyi_sdk import (
     Event,
     EventModel,
     ForbiddenError,
-    GameStatus,
-    GetPlayerList,
-    GetStatus,
     HandlerFailedError,
     HandlerTimeoutError,
     HttpAdapter,
     InternalServerError,
     InvalidResultError,
     MockAdapter,
-    PlayerJoined,
-    PlayerUpdate,
     ProtocolServer,
     RequestPacket,
     RequestTimeoutError,
@@ -47,6 +42,7 @@ from siyi_sdk import (
     WebSocketAdapter,
 )
 from siyi_sdk.adapters import Adapter
+from siyi_sdk.demo import GameApi, GameStatus, GetPlayerList, GetStatus, PlayerJoined, PlayerUpdate
 from tests.proxy import WAIT, running_server, wait_for
 
 
@@ -74,7 +70,7 @@ def failing(code: int, message: str = "it went wrong") -> MockAdapter:
     ],
 )
 async def test_error_response_raises_its_typed_error(code: int, error_type: type[ApiError]) -> None:
-    api = Api(failing(code, "details here"))
+    api = GameApi(failing(code, "details here"))
     with pytest.raises(error_type) as info:
         await api.get_player_list()
     assert type(info.value) is error_type
@@ -113,7 +109,7 @@ async def test_untyped_request_raises_typed_errors_too() -> None:
     ],
 )
 async def test_result_that_does_not_fit_raises_invalid_result(data: Any) -> None:
-    api = Api(answering(data))
+    api = GameApi(answering(data))
     with pytest.raises(InvalidResultError, match="get_player_list") as info:
         await api.get_player_list()
     assert info.value.response.data == data
@@ -121,11 +117,11 @@ async def test_result_that_does_not_fit_raises_invalid_result(data: Any) -> None
 
 
 async def test_model_result_is_validated() -> None:
-    status = await Api(answering({"status": "running", "players": 2, "map": "m"})).get_status()
+    status = await GameApi(answering({"status": "running", "players": 2, "map": "m"})).get_status()
     assert isinstance(status, GameStatus)
     assert (status.status, status.players) == ("running", 2)
     with pytest.raises(InvalidResultError, match="players"):
-        await Api(answering({"status": "running"})).get_status()
+        await GameApi(answering({"status": "running"})).get_status()
 
 
 class Score(BaseModel):
@@ -170,7 +166,7 @@ async def test_call_timeout() -> None:
         await never.wait()
         raise AssertionError("unreachable")
 
-    api = Api(MockAdapter(hangs), timeout=0.05)
+    api = GameApi(MockAdapter(hangs), timeout=0.05)
     with pytest.raises(RequestTimeoutError) as info:
         await api.get_player_list()
     assert isinstance(info.value, asyncio.TimeoutError)
@@ -264,7 +260,7 @@ def ws_to(server: ProtocolServer) -> Adapter:
 @pytest.mark.parametrize("connect", [http_to, ws_to], ids=["http", "websocket"])
 async def test_server_errors_arrive_typed(game: ProtocolServer, connect: Any) -> None:
     async with connect(game) as adapter:
-        api = Api(adapter)
+        api = GameApi(adapter)
         assert await api.get_player_list() == ["Steve"]
         with pytest.raises(UnknownCommandError) as unknown:
             await api.request("nope")
@@ -300,7 +296,7 @@ async def test_send_event_reaches_the_server(game: ProtocolServer, connect: Any)
 
 async def test_typed_events_from_a_real_server(game: ProtocolServer) -> None:
     async with ws_to(game) as adapter:
-        api = Api(adapter)
+        api = GameApi(adapter)
         joined: list[PlayerJoined] = []
         last = asyncio.Event()
 

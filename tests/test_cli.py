@@ -196,7 +196,7 @@ async def test_demo_narrates_every_step_and_exits_0() -> None:
     assert "Traceback" not in child.text("stderr"), child.output()
     # Logging goes to stderr at INFO, in a readable format: the game server's own records.
     assert re.search(
-        r"^\d\d:\d\d:\d\d INFO +siyi_sdk\.demo: game: alice connected",
+        r"^\d\d:\d\d:\d\d INFO +siyi_sdk\.demo\.game: game: alice connected",
         child.text("stderr"),
         re.MULTILINE,
     ), child.output()

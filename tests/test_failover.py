@@ -18,14 +18,13 @@ import pytest
 from siyi_sdk import (
     Adapter,
     AdapterManager,
-    Api,
     Connection,
-    GetPlayerList,
     HttpAdapter,
     ProtocolServer,
     Request,
     WebSocketAdapter,
 )
+from siyi_sdk.demo import GameApi, GetPlayerList
 from tests.proxy import (
     WAIT,
     Gate,
@@ -46,7 +45,7 @@ class Rig:
     ws: WebSocketAdapter
     http: HttpAdapter
     manager: AdapterManager
-    api: Api
+    api: GameApi
 
 
 def carrier(rig: Rig) -> Adapter | None:
@@ -79,7 +78,7 @@ async def rig() -> AsyncIterator[Rig]:
         http = HttpAdapter(f"http://127.0.0.1:{server.port}", priority=0, request_timeout=WAIT)
         # Added lowest priority first: the order added must not matter, only priority.
         async with AdapterManager([http, ws]) as manager:
-            yield Rig(server, cache, proxy, gate, ws, http, manager, Api(manager))
+            yield Rig(server, cache, proxy, gate, ws, http, manager, GameApi(manager))
             gate.open()
 
 

@@ -20,13 +20,12 @@ from siyi_sdk import (
     PROTOCOL_VERSION,
     Connection,
     Event,
-    GetPlayerList,
-    GetStatus,
     ProtocolServer,
     Request,
     Response,
     __version__,
 )
+from siyi_sdk.demo import GetPlayerList, GetStatus
 from tests.proxy import running_server, wait_for
 
 SEED_ID = "f47ac10b-58cc-4372-a567-0e02b2c3d479"

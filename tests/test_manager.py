@@ -23,7 +23,6 @@ from siyi_sdk import (
     Api,
     Connection,
     Event,
-    GetPlayerList,
     HttpAdapter,
     MockAdapter,
     ProtocolServer,
@@ -38,6 +37,7 @@ from siyi_sdk import (
     encode,
     parse_message,
 )
+from siyi_sdk.demo import GameApi, GetPlayerList
 from tests.conftest import wait_until
 from tests.proxy import WAIT, Gate, running_server, wait_for
 
@@ -108,7 +108,7 @@ async def test_ten_line_custom_adapter_through_the_manager(game: ProtocolServer)
     mine.url = f"http://127.0.0.1:{game.port}/general"
     down = WebSocketAdapter(f"ws://127.0.0.1:{free_port()}", priority=10, sleep=parked)
     async with AdapterManager([down, mine]) as manager:
-        api = Api(manager)
+        api = GameApi(manager)
         assert await api.get_player_list(world="nether") == ["nether", "http"]
         assert manager.last_adapter is mine
         with pytest.raises(UnknownCommandError):
@@ -324,7 +324,7 @@ async def test_adapter_added_after_start_is_started(game: ProtocolServer) -> Non
         ws = manager.add(WebSocketAdapter(f"ws://127.0.0.1:{game.port}"))
         assert isinstance(ws, WebSocketAdapter)
         await ws.wait_connected(WAIT)
-        assert await Api(manager).get_player_list() == ["overworld", "websocket"]
+        assert await GameApi(manager).get_player_list() == ["overworld", "websocket"]
     assert not ws.is_connected  # closed with the manager
 
 
@@ -465,7 +465,7 @@ async def test_receive_only_websocket_beside_an_http_sender(game: ProtocolServer
         manager.on_event(lambda event: got.append(event.name))
         assert listener.is_connected
         # The call travels over HTTP; the server sees one peer, reachable over its WebSocket.
-        assert await Api(manager).get_player_list() == ["overworld", "websocket"]
+        assert await GameApi(manager).get_player_list() == ["overworld", "websocket"]
         assert manager.last_adapter is http
         await game.broadcast_event("pushed")
         await wait_delivered([listener], 1)

@@ -19,11 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from siyi_sdk import (
     ApiError,
     Connection,
-    Echo,
     ForbiddenError,
-    GameStatus,
-    GetPlayerList,
-    GetStatus,
     HandlerFailedError,
     HttpAdapter,
     ProtocolServer,
@@ -32,6 +28,7 @@ from siyi_sdk import (
     SiyiError,
     WebSocketAdapter,
 )
+from siyi_sdk.demo import Echo, GameStatus, GetPlayerList, GetStatus
 from siyi_sdk.packets import new_id
 from siyi_sdk.server import MemoryResponseCache
 from tests.conftest import open_http_session

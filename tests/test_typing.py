@@ -17,16 +17,13 @@ from siyi_sdk import (
     Command,
     Connection,
     Event,
-    GameStatus,
-    GetPlayerList,
-    GetStatus,
     MockAdapter,
-    PlayerJoined,
     ProtocolServer,
     RequestPacket,
     Response,
     ResponsePacket,
 )
+from siyi_sdk.demo import GameApi, GameStatus, GetPlayerList, GetStatus, PlayerJoined
 
 
 class Inventory(BaseModel):
@@ -58,7 +55,7 @@ def game(request: RequestPacket) -> ResponsePacket:
 
 
 async def test_api_results_are_typed() -> None:
-    api = Api(MockAdapter(game))
+    api = GameApi(MockAdapter(game))
 
     players = assert_type(await api.get_player_list(), list[str])
     assert players == ["Steve", "Alex"]

@@ -38,7 +38,7 @@ from siyi_sdk import (
     parse_message,
 )
 from siyi_sdk.packets import SESSION_HEADER
-from siyi_sdk.upload import FILE_MD5_HEADER, FILE_NAME_HEADER, UPLOAD_ID_HEADER
+from siyi_sdk.wire import FILE_MD5_HEADER, FILE_NAME_HEADER, UPLOAD_ID_HEADER
 
 from .conftest import WAIT, ServerFactory, wait_for, wait_until
 from .redis_server import RedisServer

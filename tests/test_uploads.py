@@ -43,7 +43,7 @@ from siyi_sdk import (
 )
 from siyi_sdk.cli import main
 from siyi_sdk.server import sanitize_filename
-from siyi_sdk.upload import (
+from siyi_sdk.wire import (
     FILE_MD5_HEADER,
     FILE_NAME_HEADER,
     FILE_SHA256_HEADER,

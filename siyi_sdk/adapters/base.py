@@ -7,18 +7,9 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeAlias
+from typing import Self, TypeAlias
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    retry_if_not_exception_type,
-    wait_exponential,
-    wait_random,
-)
-
-from ..errors import CertificateError, ProtocolVersionError, TransportError
+from ..errors import ProtocolVersionError, TransportError
 from ..packets import (
     PROTOCOL_VERSION,
     SESSION_HEADER,
@@ -30,9 +21,8 @@ from ..packets import (
     StatusCode,
 )
 from ..peer import call_event_handler, call_request_handler
-
-if TYPE_CHECKING:
-    from ..upload import FileInfo, UploadProgress, UploadSource
+from ..wire import UPLOAD_PATH, FileInfo
+from .upload_source import UploadProgress, UploadSource
 
 __all__ = [
     "Adapter",
@@ -40,7 +30,6 @@ __all__ = [
     "ClientEventHandler",
     "ClientRequestHandler",
     "SessionRef",
-    "backoff",
     "check_protocol",
 ]
 
@@ -83,35 +72,6 @@ class SessionRef:
             self.key = key
 
 
-def backoff(
-    initial: float,
-    maximum: float,
-    sleep: Callable[[float], Awaitable[None]],
-    retry_on: tuple[type[BaseException], ...],
-    before_sleep: Callable[[RetryCallState], None] | None = None,
-) -> AsyncRetrying:
-    """The retry policy of every reconnecting loop: exponential backoff with jitter, forever.
-
-    Args:
-        initial: the first delay in seconds (then doubled each time).
-        maximum: the ceiling of the delay.
-        sleep: how to wait (inject a fast one in tests).
-        retry_on: the exceptions that mean "try again"; any other is raised. A
-            `CertificateError` is always raised: an untrusted certificate stays untrusted,
-            and retrying it forever would hide the cause behind backoff (like a refused key).
-        before_sleep: called after each failed attempt (for logging).
-    """
-    return AsyncRetrying(
-        # Not wait_exponential_jitter: its `initial` is deprecated in tenacity 9 and its
-        # replacement `multiplier` does not exist in the tenacity 8 we still support.
-        wait=wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial / 2),
-        retry=retry_if_exception_type(retry_on) & retry_if_not_exception_type(CertificateError),
-        sleep=sleep,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-
-
 def check_protocol(version: object) -> None:
     """Refuse a server whose protocol version this client does not speak.
 
@@ -146,7 +106,7 @@ class Adapter(ABC):
 
     mode: AdapterMode = AdapterMode.SEND
     priority: int = 0
-    upload_path: str = "/upload"
+    upload_path: str = UPLOAD_PATH
     upload_attempts: int = 5
 
     # Class-level defaults so that a subclass needs no constructor of its own.

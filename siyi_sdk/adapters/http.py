@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -29,11 +29,12 @@ from ..packets import (
     parse_message,
     parse_object,
 )
-from .base import Adapter, AdapterMode, backoff, check_protocol
+from ..retry import backoff
+from ..wire import FileInfo
+from .base import Adapter, AdapterMode, check_protocol
 from .tls import SSLOption, certificate_error, client_session
-
-if TYPE_CHECKING:
-    from ..upload import FileInfo, UploadProgress, UploadSource
+from .upload import UploadTarget, run_upload
+from .upload_source import UploadProgress, UploadSource
 
 __all__ = ["HttpAdapter"]
 
@@ -239,10 +240,27 @@ class HttpAdapter(Adapter):
 
         Arguments, result and errors: as `Adapter.upload`.
         """
-        # Imported here: siyi_sdk.upload builds on this package.
-        from ..upload import http_upload
 
-        return await http_upload(self, source, name=name, progress=progress, upload_id=upload_id)
+        def headers() -> dict[str, str]:
+            found = {k: v for k, v in self.headers.items() if k.lower() != "content-type"}
+            found.update(self.session.header())
+            return found
+
+        target = UploadTarget(
+            label=f"{self.name} upload",
+            url=self.base_url + self.upload_path,
+            ws_url=None,
+            headers=headers,
+            session=self.session,
+            sleep=self._sleep,
+            reconnect_interval=self.reconnect_interval,
+            max_reconnect_interval=self.max_reconnect_interval,
+            attempts=self.upload_attempts,
+            connect_timeout=self.request_timeout,
+            answer_timeout=self.request_timeout,
+            ssl=self.ssl,
+        )
+        return await run_upload(target, source, name=name, progress=progress, upload_id=upload_id)
 
     # Receiving -------------------------------------------------------------------------------
 

@@ -7,16 +7,15 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import aiohttp
 
 from ..errors import AllAdaptersFailedError, RequestTimeoutError, TransportError
 from ..packets import Event, RequestPacket, ResponsePacket
+from ..wire import FileInfo
 from .base import Adapter, AdapterMode
-
-if TYPE_CHECKING:
-    from ..upload import FileInfo, UploadProgress, UploadSource
+from .upload_source import UploadProgress, UploadSource, replayable
 
 __all__ = ["AdapterManager"]
 
@@ -186,8 +185,6 @@ class AdapterManager(Adapter):
         Raises:
             AllAdaptersFailedError: no adapter could carry the upload.
         """
-        from ..upload import replayable  # here: siyi_sdk.upload builds on this package
-
         upload_id = upload_id or str(uuid.uuid4())
         async with replayable(source, name) as (replay, replay_name, rewind):
 

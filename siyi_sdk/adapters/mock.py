@@ -23,7 +23,7 @@ class MockAdapter(Adapter):
     Example::
 
         api = Api(MockAdapter(lambda req: Response.success(req.id, ["Steve"])))
-        assert await api.get_player_list() == ["Steve"]
+        assert await api.request("get_player_list") == ["Steve"]
 
     Args:
         handler: turns a RequestPacket into a ResponsePacket (sync or async).

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
 
 import aiohttp
 from tenacity import RetryCallState
@@ -28,17 +27,16 @@ from ..packets import (
     parse_message,
 )
 from ..peer import Peer
-from .base import Adapter, AdapterMode, backoff, check_protocol
+from ..retry import backoff
+from ..wire import DEFAULT_MAX_MESSAGE_SIZE, FileInfo
+from .base import Adapter, AdapterMode, check_protocol
 from .tls import SSLOption, certificate_error, client_session
+from .upload import UploadTarget, run_upload, upload_urls
+from .upload_source import UploadProgress, UploadSource
 
-if TYPE_CHECKING:
-    from ..upload import FileInfo, UploadProgress, UploadSource
-
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "WebSocketAdapter"]
+__all__ = ["WebSocketAdapter"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 
 
 # What a failed connection attempt can raise; anything else is a bug and stops the loop.
@@ -200,12 +198,23 @@ class WebSocketAdapter(Adapter):
 
         Arguments, result and errors: as `Adapter.upload`.
         """
-        # Imported here: siyi_sdk.upload builds on this package.
-        from ..upload import websocket_upload
-
-        return await websocket_upload(
-            self, source, name=name, progress=progress, upload_id=upload_id
+        url, ws_url = upload_urls(self.url, self.upload_path)
+        target = UploadTarget(
+            label=f"{self.name} upload",
+            url=url,
+            ws_url=ws_url,
+            headers=self._upgrade_headers,
+            session=self.session,
+            sleep=self._sleep,
+            reconnect_interval=self.reconnect_interval,
+            max_reconnect_interval=self.max_reconnect_interval,
+            attempts=self.upload_attempts,
+            connect_timeout=self.connect_timeout,
+            answer_timeout=self.request_timeout,
+            heartbeat=self.heartbeat_interval,
+            ssl=self.ssl,
         )
+        return await run_upload(target, source, name=name, progress=progress, upload_id=upload_id)
 
     async def start(self) -> None:
         """Make the first connection attempt, then keep reconnecting in the background.

@@ -6,18 +6,16 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from pydantic import ValidationError
 
 from ..adapters.base import Adapter
+from ..adapters.upload_source import UploadProgress, UploadSource
 from ..errors import InvalidResultError, RequestTimeoutError, error_for_response
 from ..packets import Event, Request, Response, format_validation_error
+from ..wire import FileInfo
 from .command import Command, EventModel, ResultT
-from .commands import Echo, GameStatus, GetPlayerList, GetStatus
-
-if TYPE_CHECKING:
-    from ..upload import FileInfo, UploadProgress, UploadSource
 
 __all__ = ["Api"]
 
@@ -35,9 +33,14 @@ class Api:
     or your own.
 
     ``await api.call(cmd)`` sends a `Command`, raises the typed `ApiError` for an error
-    Response, and returns the result validated into the command's result type. The demo
-    game's commands have methods of their own (`echo`, `get_status`, `get_player_list`); add
-    yours by declaring `Command` subclasses (and, if you like, methods on a subclass of Api).
+    Response, and returns the result validated into the command's result type. Declare your
+    commands as `Command` subclasses and, if you like, give them methods on a subclass::
+
+        class GameApi(Api):
+            async def get_player_list(self, world: str = "overworld") -> list[str]:
+                return await self.call(GetPlayerList(world=world))
+
+    (the demo game's `siyi_sdk.demo.GameApi` is one).
 
     Args:
         sender: the adapter packets go through.
@@ -170,17 +173,3 @@ class Api:
             result = handler(payload)
             if inspect.isawaitable(result):
                 await result
-
-    # The demo game's commands -----------------------------------------------------------------
-
-    async def echo(self, data: dict[str, Any]) -> Any:
-        """``echo``: the server answers with `data`."""
-        return await self.call(Echo.model_validate(data))
-
-    async def get_status(self) -> GameStatus:
-        """``get_status``: the game's status."""
-        return await self.call(GetStatus())
-
-    async def get_player_list(self, world: str = "overworld") -> list[str]:
-        """``get_player_list``: the players in `world`."""
-        return await self.call(GetPlayerList(world=world))

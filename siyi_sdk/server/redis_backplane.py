@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from tenacity import RetryCallState
 
-from ..adapters.base import backoff
 from ..errors import (
     BackplaneUnavailableError,
     ConnectionClosedError,
@@ -58,6 +57,7 @@ from ..errors import (
 )
 from ..packets import TAKEN_OVER, Response, StatusCode, kept, new_id, parse_message
 from ..peer import Peer, encode_response
+from ..retry import backoff
 from .backplane import Backplane
 from .connection import Connection
 from .owners import owner_key

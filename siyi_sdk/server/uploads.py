@@ -69,7 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..packets import MAX_ID_LENGTH, SESSION_HEADER, Response, StatusCode, format_validation_error
 from ..peer import call_event_handler, encode_response
-from ..upload import (
+from ..wire import (
     FILE_MD5_HEADER,
     FILE_NAME_HEADER,
     FILE_SHA256_HEADER,
