@@ -21,6 +21,7 @@ The tree::
         ├── ForbiddenError              403
         ├── UnknownCommandError         404
         ├── HandlerTimeoutError         408
+        ├── GoneError                   410
         ├── TooLargeError               413
         ├── BusyError                   429
         ├── InternalServerError         500
@@ -65,6 +66,7 @@ __all__ = [
     "ConnectionClosedError",
     "ErrorAnswer",
     "ForbiddenError",
+    "GoneError",
     "HandlerFailedError",
     "HandlerTimeoutError",
     "InternalServerError",
@@ -248,6 +250,16 @@ class HandlerTimeoutError(ApiError):
     default_code = 408
 
 
+class GoneError(ApiError):
+    """The request already ran, but its answer is no longer kept (410).
+
+    A repeat of a request id whose answer the server had to let go before its time
+    (PROTOCOL.md §4, bounded memory): the request is not run again. Not retried.
+    """
+
+    default_code = 410
+
+
 class TooLargeError(ApiError):
     """A packet or upload over the configured limit (413)."""
 
@@ -281,6 +293,7 @@ _ERRORS_BY_CODE: dict[int, type[ApiError]] = {
         ForbiddenError,
         UnknownCommandError,
         HandlerTimeoutError,
+        GoneError,
         TooLargeError,
         BusyError,
         InternalServerError,

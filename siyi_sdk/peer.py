@@ -4,6 +4,10 @@ A `Peer` owns the id -> Future map of requests in flight, reads frames, answers 
 (PROTOCOL.md §4), runs each incoming request in its own task (bounded per connection), runs
 events one at a time in order (§6), and fails every waiting request at once when the connection
 drops. `call_request_handler` is the one place a handler's outcome becomes a Response.
+
+Bounded memory (§4): the reader stops reading while too many events wait for their handler or
+while too many bytes wait to be written to the other side, so a peer that sends faster than it
+is served, or does not read, is held back by TCP instead of filling this process.
 """
 
 from __future__ import annotations
@@ -27,7 +31,20 @@ from .errors import (
 )
 from .packets import Event, Packet, Request, Response, StatusCode, encode, parse_message
 
-__all__ = ["Peer", "call_event_handler", "call_request_handler", "encode_response"]
+__all__ = [
+    "DEFAULT_MAX_OUTBOX_BYTES",
+    "DEFAULT_MAX_PENDING_EVENTS",
+    "Peer",
+    "call_event_handler",
+    "call_request_handler",
+    "encode_response",
+]
+
+DEFAULT_MAX_PENDING_EVENTS = 1000
+"""Events read from one connection and waiting for their handler, at most (PROTOCOL.md §4)."""
+
+DEFAULT_MAX_OUTBOX_BYTES = 16 * 1024 * 1024
+"""Bytes waiting to be written to one connection before its reader pauses (PROTOCOL.md §4)."""
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +154,11 @@ def start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
 _EAGER: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
 
 
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.debug("closing a WebSocket failed: %r", exc)  # it is closed either way
+
+
 def _over(data: str | bytes, limit: int) -> bool:
     """True when `data` is over `limit` bytes (a text frame counts its UTF-8 bytes)."""
     size = len(data.encode()) if isinstance(data, str) else len(data)
@@ -170,9 +192,16 @@ class Peer:
         label: how logs name this peer.
         on_response: offered each Response that matches no request of this peer; True if
             it took it.
-        transport: the socket's transport, to tell whether a send can complete at once.
+        transport: the socket's transport, to tell whether a send can complete at once and
+            how much waits in its write buffer.
         max_message_size: a frame over this many bytes (after decompression) closes the
             connection with 1009; None leaves the limit to the WebSocket alone.
+        max_pending_events: events read and waiting for their handler, at most (at least 1).
+            At the bound the reader stops reading until the handler has taken half of them:
+            the sender is held back by TCP, nothing is dropped.
+        max_outbox_bytes: bytes waiting to be written to the other side (the transport's
+            write buffer plus `unsent`) above which the reader stops reading, until the
+            other side has read enough of them.
     """
 
     def __init__(
@@ -186,10 +215,23 @@ class Peer:
         on_response: Callable[[Response], bool] | None = None,
         transport: asyncio.BaseTransport | None = None,
         max_message_size: int | None = None,
+        max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
+        max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
     ) -> None:
         self._ws = ws
         self._max_message_size = max_message_size
         self._transport = transport
+        self._writable = transport if isinstance(transport, asyncio.WriteTransport) else None
+        self.max_pending_events = max(1, max_pending_events)
+        self.max_outbox_bytes = max_outbox_bytes
+        self.unsent = 0
+        """Bytes of encoded packets given to this peer to send and not written yet (answers
+        on their way out, a session's outbox): see `hold_bytes`."""
+        # The reader waits on this while it may not read (made only then); `_wake` ends it.
+        self._room: asyncio.Future[None] | None = None
+        self._drainer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._closing = False  # this side started the close
         self._on_response = on_response
         self._on_request = on_request
         self._on_event = on_event
@@ -226,6 +268,23 @@ class Peer:
     def close_code(self) -> int | None:
         """The WebSocket close code, once closed."""
         return self._ws.close_code
+
+    @property
+    def outbox_bytes(self) -> int:
+        """Bytes waiting to be written to the other side: the socket's buffer and `unsent`."""
+        writable = self._writable
+        buffered = writable.get_write_buffer_size() if writable is not None else 0
+        return buffered + self.unsent
+
+    def hold_bytes(self, size: int) -> None:
+        """Count `size` bytes that will be sent through this peer in `unsent` (the outbox)."""
+        self.unsent += size
+
+    def release_bytes(self, size: int) -> None:
+        """`size` bytes counted by `hold_bytes` were written (or given up)."""
+        self.unsent -= size
+        if self._room is not None:
+            self._wake()
 
     async def send(self, packet: Packet) -> None:
         """Send one packet.
@@ -289,9 +348,42 @@ class Peer:
             if timer is not None:
                 timer.cancel()
 
-    async def close(self, code: int = 1000, message: str = "") -> None:
-        """Close the WebSocket with `code`; `run()` then returns."""
-        await self._ws.close(code=code, message=message.encode())
+    async def close(self, code: int = 1000, message: str = "", timeout: float = 10.0) -> None:
+        """Close the WebSocket with `code`; `run()` then returns.
+
+        The close frame follows what is already in the socket's buffer; if the other side has
+        not taken it within `timeout` seconds (it does not read), the connection is cut.
+        """
+        self._closing = True
+        await self._close_within(code, message, timeout)
+
+    def shut(self, code: int, message: str, timeout: float) -> None:
+        """Close from code that must not wait: the peer counts as closed from now on.
+
+        The close frame follows what is already in the socket's buffer; if the other side has
+        not taken it within `timeout` seconds (it does not read), the connection is cut.
+        """
+        if self._closer is not None:
+            return
+        self._closed = self._closing = True
+        self._closer = asyncio.get_running_loop().create_task(
+            self._close_within(code, message, timeout)
+        )
+
+    async def _close_within(self, code: int, message: str, timeout: float) -> None:
+        # Without a bound, closing a peer that does not read would wait for it forever. The
+        # close runs in its own task, so that giving up on it cancels nothing it waits on
+        # (aiohttp's writers share one drain future): cutting the connection ends it.
+        closing = asyncio.ensure_future(self._ws.close(code=code, message=message.encode()))
+        closing.add_done_callback(_log_failure)
+        self._wake()  # after the close's first step: a reader waiting for room sees it
+        done, _ = await asyncio.wait({closing}, timeout=timeout)
+        if not done:
+            logger.info("%s: the close was not taken within %g s: cutting", self.label, timeout)
+            if self._writable is not None:
+                self._writable.abort()
+            else:
+                closing.cancel()
 
     async def run(self, first: str | bytes | None = None) -> None:
         """Read frames until the connection closes, then fail every request still waiting.
@@ -301,10 +393,21 @@ class Peer:
         """
         ws = self._ws
         limit = self._max_message_size
+        writable = self._writable
+        max_events = self.max_pending_events
+        max_outbox = self.max_outbox_bytes
         try:
             if first is not None:
                 await self._on_frame(first)
             while True:
+                # Bounded memory (§4): read nothing more while the handler is behind or the
+                # other side does not read what it is sent. Two comparisons per frame.
+                events = self._events
+                if (events is not None and len(events) >= max_events) or (
+                    self.unsent + (writable.get_write_buffer_size() if writable is not None else 0)
+                    > max_outbox
+                ):
+                    await self._wait_for_room()
                 msg = await ws.receive()
                 kind = msg.type
                 if kind is _TEXT or kind is _BINARY:
@@ -321,8 +424,8 @@ class Peer:
                 ):
                     if kind is WSMsgType.ERROR:
                         logger.info("%s: connection error: %s", self.label, msg.data)
-                    elif kind is WSMsgType.CLOSE:
-                        self.remote_close_code = msg.data
+                    elif kind is WSMsgType.CLOSE and not self._closing:
+                        self.remote_close_code = msg.data  # not the echo of our own close
                     break
         finally:
             self._closed = True
@@ -335,6 +438,65 @@ class Peer:
                             "before the response came"
                         )
                     )
+
+    def _wake(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+
+    async def _wait_for_room(self) -> None:
+        """Return once the reader may read again (or the connection is closing)."""
+        loop = asyncio.get_running_loop()
+        paused = False
+        while not self.closed:
+            events = self._events
+            if events is not None and len(events) >= self.max_pending_events:
+                why = f"{len(events)} events wait for their handler"
+            elif self.outbox_bytes > self.max_outbox_bytes:
+                why = f"{self.outbox_bytes} bytes wait to be written"
+                self._watch_drain()
+            else:
+                break
+            if not paused:
+                paused = True
+                logger.debug("%s: reading paused: %s", self.label, why)
+            room = self._room = loop.create_future()
+            # A close nobody tells this peer of (the heartbeat's) is seen within a second.
+            tick = loop.call_later(1.0, self._wake)
+            try:
+                await room
+            finally:
+                tick.cancel()
+                self._room = None
+        if paused:
+            logger.debug("%s: reading resumed", self.label)
+
+    def _watch_drain(self) -> None:
+        # The socket's buffer shrinks with no call from us: wait for its drain in a task made
+        # only while paused (at most one per peer), which wakes the reader. aiohttp's
+        # protocols have `_drain_helper` (what its writers await); other transports are
+        # looked at again a little later.
+        writable = self._writable
+        if self._drainer is not None or writable is None:
+            return
+        loop = asyncio.get_running_loop()
+        drain = getattr(writable.get_protocol(), "_drain_helper", None)
+        _, high = writable.get_write_buffer_limits()
+        if drain is None or writable.get_write_buffer_size() <= high:
+            loop.call_later(0.05, self._wake)  # over the bound, not over the high-water mark
+            return
+        self._drainer = loop.create_task(self._drained(drain))
+
+    async def _drained(self, drain: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await drain()
+        except Exception:  # the connection was lost: the reader learns it from receive()
+            pass
+        finally:
+            self._drainer = None
+            self._wake()
 
     async def _refuse_oversized(self, size: int) -> None:
         # aiohttp checks the limit before decompression with ">=" and after it with ">", so
@@ -391,15 +553,27 @@ class Peer:
 
     async def _answer(self, request: Request) -> None:
         response = await self._on_request(request)
-        await self._send_quietly(encode_response(response))
+        data = encode_response(response)
+        # Counted until written: the reader pauses while too much waits (§4).
+        size = len(data)
+        self.unsent += size
+        try:
+            await self._send_quietly(data)
+        finally:
+            self.unsent -= size
+            if self._room is not None:
+                self._wake()
 
     async def _drain_events(self) -> None:
         # One worker per connection, alive only while events wait: handlers never overlap and
         # run in arrival order, yet the reader never blocks on them.
         try:
             events = self._events
+            resume = self.max_pending_events // 2
             while events:
                 await self._on_event(events.popleft())
+                if self._room is not None and len(events) <= resume:
+                    self._wake()  # the reader waits for the handler to catch up
         finally:
             self._event_worker = None
 

@@ -310,7 +310,7 @@ async def test_a_client_that_does_not_read_holds_up_nobody(
 ) -> None:
     """A peer whose socket is full gets its events queued, in order; the rest flow on."""
     payload = "x" * 200_000  # big events fill a socket nobody reads within a few dozen
-    count = 120
+    count = 60  # 12 MB: within the default outbox bound (16 MiB, see test_memory_bounds)
     reader = await make_client(ws_url(server))
     got: asyncio.Queue[int] = asyncio.Queue()
     reader.on_event(lambda event: got.put_nowait(event.data["i"]))

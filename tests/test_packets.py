@@ -134,8 +134,10 @@ def test_status_code_values_match_the_protocol() -> None:
         "FORBIDDEN": 403,
         "UNKNOWN_COMMAND": 404,
         "TIMEOUT": 408,
+        "GONE": 410,
         "TOO_LARGE": 413,
         "BUSY": 429,
+        "CANCELLED": 499,
         "INTERNAL_ERROR": 500,
         "UNAVAILABLE": 503,
     }

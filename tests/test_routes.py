@@ -26,6 +26,7 @@ from siyi_sdk import (
     Request,
     Response,
     SiyiError,
+    StatusCode,
     WebSocketAdapter,
 )
 from siyi_sdk.demo import Echo, GameStatus, GetPlayerList, GetStatus
@@ -477,13 +478,15 @@ async def test_cache_keeps_at_most_max_entries() -> None:
     work = Computations()
     for request_id in ["a", "b", "c"]:
         await cache.run_once((None, request_id), work.of(request_id))
-        assert len(cache) <= 2
-    # The oldest went first: "a" runs again, "c" is still remembered.
+        assert cache.answers <= 2
+    # The oldest answer went first, leaving a marker: "a" gets 410 and never runs again
+    # (PROTOCOL.md §4); "c" is still remembered. (More in test_memory_bounds.)
     await cache.run_once((None, "c"), work.of("c"))
     assert work.runs["c"] == 1
-    await cache.run_once((None, "a"), work.of("a"))
-    assert work.runs["a"] == 2
-    assert len(cache) == 2
+    gone = await cache.run_once((None, "a"), work.of("a"))
+    assert gone.code == StatusCode.GONE
+    assert work.runs["a"] == 1
+    assert (cache.answers, cache.markers, len(cache)) == (2, 1, 3)
 
 
 async def test_cache_identities_are_separate_namespaces() -> None:

@@ -13,10 +13,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 
 from ..errors import SiyiError
-from ..packets import Response, kept, parse_message
+from ..packets import Response, StatusCode, kept, parse_message
 from ..peer import encode_response
 
-__all__ = ["MemoryResponseCache", "ResponseCache"]
+__all__ = ["GONE_MESSAGE", "MemoryResponseCache", "ResponseCache"]
+
+GONE_MESSAGE = "gone: the request already ran; its answer is no longer kept"
+"""The error of the 410 answering a repeat whose answer was let go (PROTOCOL.md §4)."""
+
+_GONE = b""
+"""In place of an answer that was let go: no encoded Response is empty."""
 
 CacheKey = tuple[Hashable, str]
 """(peer identity, request id): the identity is the session when there is one, else None."""
@@ -30,7 +36,8 @@ class ResponseCache(ABC):
         """Return the Response for `key`, running `compute` only if it never ran.
 
         A repeat while the first run is still going waits for it; a repeat after it finished
-        gets the remembered Response until it expires.
+        gets the remembered Response until it expires. A cache that lets an answer go before
+        its time remembers that it ran: a repeat then gets 410 (`StatusCode.GONE`).
         """
 
     @abstractmethod
@@ -42,7 +49,11 @@ class MemoryResponseCache(ResponseCache):
     """The in-process response cache.
 
     Finished Responses are remembered for `ttl` seconds (rounded up to a slice of at most a
-    second), at most `max_entries` of them, the oldest leaving first.
+    second), at most `max_entries` of them and at most `max_bytes` of encoded answers. Past
+    either bound the oldest answers are let go before their time, and a marker (the key
+    alone) stays in place of each until its time is up: a repeat of that id gets 410, never
+    a second run (PROTOCOL.md §4). Markers are bounded too (`max_markers`): past that bound
+    the oldest go, and their ids may run again as after `ttl`.
 
     It sits on every request's path, so it is built to cost the garbage collector nothing:
     keys are strings and Responses are kept encoded (neither is tracked by the cyclic
@@ -54,6 +65,9 @@ class MemoryResponseCache(ResponseCache):
         ttl: seconds a finished Response is remembered.
         max_entries: finished Responses kept at most; the oldest go first.
         clock: monotonic seconds (injectable for tests).
+        max_bytes: bytes of encoded Responses kept at most; the oldest go first.
+        max_markers: markers of answers let go kept at most (default: `max_entries`); each
+            costs about 200 bytes (its key, as long as the session key and the request id).
     """
 
     def __init__(
@@ -61,20 +75,46 @@ class MemoryResponseCache(ResponseCache):
         ttl: float = 60.0,
         max_entries: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        max_markers: int | None = None,
     ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_markers = max_entries if max_markers is None else max_markers
         self._clock = clock
         self._slice = min(1.0, ttl / 16) if ttl > 0 else 0.0
         # Running entries hold the futures of repeats waiting for them: a list made only for
         # the first repeat, so the common case (no repeat) allocates nothing per request.
         self._running: dict[str, list[asyncio.Future[Response]] | None] = {}
+        # Encoded answers, and `_GONE` markers in place of those let go.
         self._done: dict[str, bytes] = {}
         # (slice start, keys finished in it), oldest first.
         self._slices: deque[tuple[float, deque[str]]] = deque()
+        # The keys whose answer is kept, oldest first. Answers are let go oldest first, so
+        # in the order of `_slices` every marker comes before every answer.
+        self._answers: deque[str] = deque()
+        self._bytes = 0
+        self._markers = 0
 
     def __len__(self) -> int:
         return len(self._running) + len(self._done)
+
+    @property
+    def answers(self) -> int:
+        """Finished Responses kept now (markers not counted)."""
+        return len(self._answers)
+
+    @property
+    def markers(self) -> int:
+        """Markers kept now, each in place of an answer let go before its time."""
+        return self._markers
+
+    @property
+    def size(self) -> int:
+        """Bytes of encoded Responses kept now."""
+        return self._bytes
 
     @staticmethod
     def _key(key: CacheKey) -> str:
@@ -82,18 +122,31 @@ class MemoryResponseCache(ResponseCache):
         return f"{identity or ''}\x1f{request_id}"
 
     def _expire(self, now: float) -> None:
-        slices, done = self._slices, self._done
+        slices, done, answers = self._slices, self._done, self._answers
         while slices and slices[0][0] + self._slice + self.ttl <= now:
             for key in slices.popleft()[1]:
-                done.pop(key, None)
-        while len(done) > self.max_entries and slices:
-            keys = slices[0][1]
+                frame = done.pop(key, None)
+                if frame:  # an answer, so the oldest one kept
+                    answers.popleft()
+                    self._bytes -= len(frame)
+                elif frame is not None:
+                    self._markers -= 1
+        while answers and (len(answers) > self.max_entries or self._bytes > self.max_bytes):
+            key = answers.popleft()
+            self._bytes -= len(done[key])
+            done[key] = _GONE
+            self._markers += 1
+        while self._markers > self.max_markers:
+            keys = slices[0][1]  # markers come first: the oldest key is one
             done.pop(keys.popleft(), None)
+            self._markers -= 1
             if not keys:
                 slices.popleft()
 
     def _remember(self, key: str, frame: bytes, now: float) -> None:
         self._done[key] = frame
+        self._answers.append(key)
+        self._bytes += len(frame)
         slices = self._slices
         if not slices or now >= slices[-1][0] + self._slice:
             slices.append((now, deque()))
@@ -106,6 +159,8 @@ class MemoryResponseCache(ResponseCache):
         self._expire(self._clock())
         frame = self._done.get(skey)
         if frame is not None:
+            if not frame:  # it ran, and its answer was let go: never run it twice
+                return Response.fail(key[1], GONE_MESSAGE, StatusCode.GONE)
             answer = parse_message(frame)
             assert isinstance(answer, Response)
             return answer
