@@ -341,7 +341,9 @@ def _parse_plain(obj: dict[str, Any]) -> Packet | None:
         status = obj.get("status")
         code = obj.get("code")
         error = obj.get("error")
-        if (pid is None or _is_id(pid)) and (error is None or type(error) is str):
+        # `"id": null` is an answer to a request without a usable id; no `id` at all is not
+        # a Response (the model requires the key): pydantic says so.
+        if (_is_id(pid) or (pid is None and "id" in obj)) and (error is None or type(error) is str):
             if status == "ok" and (code is None or (type(code) is int and code == 0)):
                 code = 0
             elif status == "error" and code is None:

@@ -21,9 +21,9 @@ from typing import Any, NamedTuple, Self, TypeAlias, TypeVar, overload
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .._version import __version__
-from ..adapters.websocket import DEFAULT_MAX_MESSAGE_SIZE
 from ..api.command import Command
 from ..errors import (
     BackplaneUnavailableError,
@@ -45,13 +45,21 @@ from ..packets import (
     kept,
     parse_message,
 )
-from ..peer import Peer, call_event_handler, call_request_handler, encode_response
+from ..peer import (
+    DEFAULT_MAX_OUTBOX_BYTES,
+    DEFAULT_MAX_PENDING_EVENTS,
+    Peer,
+    call_event_handler,
+    call_request_handler,
+    encode_response,
+)
+from ..wire import DEFAULT_MAX_MESSAGE_SIZE
 from .backplane import Backplane, MemoryBackplane
 from .connection import Connection
 from .owners import same_owner
 from .routing import Route
 from .sessions import SessionRegistry, bounded_headers
-from .state import ResponseCache
+from .state import MemoryResponseCache, ResponseCache
 from .uploads import UploadHandler, Uploads
 
 __all__ = ["ProtocolServer"]
@@ -103,12 +111,22 @@ class ProtocolServer:
         max_message_size: the largest frame or `/general` body accepted, in bytes; a larger
             frame closes its connection with 1009, a larger body gets 413.
         max_in_flight: requests one connection may have running at once; more get 429.
+        max_pending_events: events read from one WebSocket and waiting for their handler, at
+            most; at the bound the server stops reading that connection until the handler
+            has caught up (TCP holds the sender back; nothing is dropped).
+        max_outbox_bytes: bytes waiting to be written to one WebSocket (answers, packets, the
+            socket's buffer), at most: above it the server reads no more requests from that
+            peer until it reads, and a packet that would overflow it closes the connection
+            with 1013 (the session stays resumable; the packet waits in its buffer).
         request_timeout: default seconds `send_request`/`broadcast_request` wait for a client.
         handler_timeout: seconds a handler may run before the request is answered 408
             (None: no limit).
         shutdown_timeout: seconds `stop()` lets running handlers finish.
         response_cache_ttl: seconds a Response is kept to answer a repeat of its request id.
         response_cache: the at-most-once cache (default: in memory, `response_cache_ttl`).
+        response_cache_max_bytes: bytes of answers the in-memory at-most-once cache keeps,
+            at most; past it the oldest are let go early and a repeat of their id gets 410
+            (it never runs twice). A `RedisBackplane` keeps its answers in Redis instead.
         path: the WebSocket path.
         general_path: the path of the HTTP packet endpoint.
         about_path: the path of the server description.
@@ -140,11 +158,14 @@ class ProtocolServer:
         heartbeat_interval: float | None = 30.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_in_flight: int = 1000,
+        max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
+        max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
         request_timeout: float | None = 30.0,
         handler_timeout: float | None = None,
         shutdown_timeout: float = 5.0,
         response_cache_ttl: float = 60.0,
         response_cache: ResponseCache | None = None,
+        response_cache_max_bytes: int = 64 * 1024 * 1024,
         path: str = "/",
         general_path: str = "/general",
         about_path: str = "/about",
@@ -168,6 +189,8 @@ class ProtocolServer:
         self.heartbeat_interval = heartbeat_interval
         self.max_message_size = max_message_size
         self.max_in_flight = max_in_flight
+        self.max_pending_events = max_pending_events
+        self.max_outbox_bytes = max_outbox_bytes
         self.request_timeout = request_timeout
         self.handler_timeout = handler_timeout
         self.shutdown_timeout = shutdown_timeout
@@ -194,6 +217,8 @@ class ProtocolServer:
             if response_cache is not None
             else self.backplane.response_cache(response_cache_ttl)
         )
+        if response_cache is None and isinstance(self.response_cache, MemoryResponseCache):
+            self.response_cache.max_bytes = response_cache_max_bytes
         self._request_handler: ServerRequestHandler | None = None
         self._event_handlers: list[ServerEventHandler] = []
         self._connect_handlers: list[ConnectionHandler] = []
@@ -806,6 +831,8 @@ class ProtocolServer:
             on_request=lambda req: self.handle(session, req, session.session),
             on_event=lambda event: self._deliver_event(session, event),
             max_in_flight=self.max_in_flight,
+            max_pending_events=self.max_pending_events,
+            max_outbox_bytes=self.max_outbox_bytes,
             label=f"connection #{session.id}",
             on_response=lambda response: self._on_response(session, response),
             transport=request.transport,
@@ -902,6 +929,10 @@ class ProtocolServer:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
+        except RequestPayloadError as exc:  # e.g. a gzip body that does not inflate
+            return self._refusal(
+                400, StatusCode.BAD_REQUEST, f"bad request: the body cannot be read: {exc}"
+            )
         if len(body) > limit:
             return self._too_large(len(body))
         try:
