@@ -57,6 +57,7 @@ from .packets import (
     encode,
     parse_message,
 )
+from .pipeline import CallNext, ClientCall
 from .wire import FileInfo
 
 if typing.TYPE_CHECKING:
@@ -82,7 +83,9 @@ __all__ = [
     "BackplaneUnavailableError",
     "BadRequestError",
     "BusyError",
+    "CallNext",
     "CertificateError",
+    "ClientCall",
     "Command",
     "Connection",
     "ConnectionClosedError",

@@ -1,4 +1,11 @@
-"""The adapter interface: one method, `send_packet(RequestPacket) -> ResponsePacket`."""
+"""The adapter interface: one method, `send_packet(RequestPacket) -> ResponsePacket`.
+
+Every adapter also runs a chain of client middleware (`Adapter.use`, see `siyi_sdk.pipeline`)
+around what it sends (`send_packet`, `send_event`) and what it receives (`handle_request`,
+`handle_event`). A subclass gets it without writing anything: `Adapter.__init_subclass__`
+wraps the subclass's own `send_packet` and `send_event` (see `adapters.middleware`), so the
+method a user implements and the call a user makes stay `send_packet`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Self, TypeAlias
+from typing import Any, ClassVar, Literal, Self, TypeAlias
 
 from ..errors import ProtocolVersionError, TransportError
 from ..packets import (
@@ -21,7 +28,9 @@ from ..packets import (
     StatusCode,
 )
 from ..peer import call_event_handler, call_request_handler
+from ..pipeline import Chain, ClientCall, Middleware
 from ..wire import UPLOAD_PATH, FileInfo
+from .middleware import current_call, forward_event, forward_request, incoming_call, install_chain
 from .upload_source import UploadProgress, UploadSource
 
 __all__ = [
@@ -97,6 +106,13 @@ class Adapter(ABC):
     also take them as constructor keywords). An adapter is an async context manager:
     `start()` on enter, `close()` on exit (both no-ops by default).
 
+    Middleware (`use`) runs around every `send_packet` and `send_event` and every request and
+    event received (`handle_request`, `handle_event`), for a subclass too: its own
+    `send_packet`/`send_event` are wrapped when the class is made, and the chain runs once per
+    call even when an override calls ``super().send_packet(...)``. With no middleware added,
+    a call costs the wrapper's call and one truthiness test: no call object is built, no
+    context variable set.
+
     Attributes:
         mode: SEND (the default), RECEIVE, or both.
         priority: higher is preferred by an AdapterManager (default 0).
@@ -114,6 +130,45 @@ class Adapter(ABC):
     _event_handlers: tuple[ClientEventHandler, ...] = ()
     _parent: Adapter | None = None
     _session_ref: SessionRef | None = None
+    _middleware: Chain[ClientCall] | None = None
+    # What `call.transport` says for this adapter's calls (the built-in adapters set it).
+    _call_transport: ClassVar[Literal["websocket", "http"] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        install_chain(cls)
+
+    def use(self, middleware: Middleware[ClientCall]) -> Middleware[ClientCall]:
+        """Add a client middleware; usable as a decorator. Returns it.
+
+        ``async def middleware(call: ClientCall, call_next) -> Response | None`` sees every
+        Request this adapter sends (`call_next` returns its Response, or raises what the
+        transport raised), every Event it sends (`call_next` returns None), and every request
+        and event it receives from the server (``call.direction == "in"``; for a request,
+        what the chain returns is the Response the client answers with). A middleware may
+        answer by itself without calling `call_next`: nothing is sent, no handler runs.
+
+        `call.carrier` is the adapter that carried the packet (this one; for an
+        `AdapterManager`, the adapter that answered, with `call.failovers` naming each one
+        that failed first), `call.duration` how long `call_next` took. Middlewares run in the
+        order added, the first added outermost.
+
+        A manager's middleware sees what passes through the manager: the packets it sends,
+        and what its adapters receive and hand on to it (an adapter with handlers of its own
+        keeps its packets). An adapter's own middleware still runs for the packets it
+        carries for the manager.
+        """
+        chain = self._middleware
+        if chain is None:
+            chain = self._middleware = Chain()
+        return chain.add(middleware)
+
+    def _current_call(self) -> ClientCall | None:
+        """The call this adapter's chain runs, from inside `send_packet`/`send_event`.
+
+        None when the adapter has no middleware. A manager fills in its carrier and failovers.
+        """
+        return current_call(self)
 
     @abstractmethod
     async def send_packet(self, packet: RequestPacket) -> ResponsePacket:
@@ -234,22 +289,69 @@ class Adapter(ABC):
         self._parent = parent
 
     async def handle_request(self, request: Request) -> Response:
-        """Answer a request the server sent (RECEIVE adapters call this)."""
-        if self._request_handler is not None:
-            return await call_request_handler(self._request_handler, (request,), request)
-        if self._parent is not None:
-            return await self._parent.handle_request(request)
-        return Response.fail(
-            request.id, f"unknown command: {request.command!r}", StatusCode.UNKNOWN_COMMAND
+        """Answer a request the server sent (RECEIVE adapters call this).
+
+        The middleware chain runs here; then the handler registered on this adapter, else the
+        parent's `handle_request`, else an UNKNOWN_COMMAND answer. An override that calls
+        ``super().handle_request(...)`` keeps the chain. Never raises: a middleware's
+        `ApiError` becomes that error's Response, any other exception a 500.
+        """
+        chain = self._middleware
+        if not chain:
+            return await self._deliver_request(request)
+        return await call_request_handler(
+            chain.run, (incoming_call(self, request), self._deliver_request_call), request
         )
 
     async def handle_event(self, event: Event) -> None:
-        """Deliver an event the server sent (RECEIVE adapters call this)."""
+        """Deliver an event the server sent (RECEIVE adapters call this).
+
+        The middleware chain runs here; then the handlers registered on this adapter, else
+        the parent's `handle_event`. An override that calls ``super().handle_event(...)``
+        keeps the chain. Never raises: an exception is logged.
+        """
+        chain = self._middleware
+        if not chain:
+            await self._deliver_event(event)
+            return
+        await call_event_handler(
+            chain.run, (incoming_call(self, event), self._deliver_event_call), event.name
+        )
+
+    async def _deliver_request_call(self, call: ClientCall) -> Response:
+        request = call.packet
+        assert isinstance(request, Request)
+        return await self._deliver_request(request)
+
+    async def _deliver_event_call(self, call: ClientCall) -> None:
+        event = call.packet
+        assert isinstance(event, Event)
+        await self._deliver_event(event)
+
+    async def _deliver_request(self, request: Request) -> Response:
+        if self._request_handler is not None:
+            return await call_request_handler(self._request_handler, (request,), request)
+        parent = self._parent
+        if parent is None:
+            return Response.fail(
+                request.id, f"unknown command: {request.command!r}", StatusCode.UNKNOWN_COMMAND
+            )
+        if not parent._middleware:
+            return await parent.handle_request(request)
+        return await forward_request(self, parent, request)
+
+    async def _deliver_event(self, event: Event) -> None:
         if self._event_handlers:
             for handler in self._event_handlers:
                 await call_event_handler(handler, (event,), event.name)
             return
-        if self._parent is not None:
-            await self._parent.handle_event(event)
-        else:
+        parent = self._parent
+        if parent is None:
             logger.debug("%s: no handler for event %r", self.name, event.name)
+        elif not parent._middleware:
+            await parent.handle_event(event)
+        else:
+            await forward_event(self, parent, event)
+
+
+install_chain(Adapter)  # its own send_event (which refuses) passes the chain too

@@ -79,6 +79,7 @@ class HttpAdapter(Adapter):
     """
 
     mode = AdapterMode.SEND
+    _call_transport = "http"
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ import aiohttp
 
 from ..errors import AllAdaptersFailedError, RequestTimeoutError, TransportError
 from ..packets import Event, RequestPacket, ResponsePacket
+from ..pipeline import ClientCall
 from ..wire import FileInfo
 from .base import Adapter, AdapterMode
 from .upload_source import UploadProgress, UploadSource, replayable
@@ -46,6 +47,14 @@ class AdapterManager(Adapter):
 
     Sessions: the adapters share one session key (`session`), so the server sees one peer
     (one at-most-once namespace, one replay buffer) whichever adapter carries a packet.
+
+    Middleware (`use`): the manager's chain sees each request and event once, however many
+    adapters were tried: `call.carrier` is the adapter that answered (or held it when the time
+    ran out), `call.transport` its transport, and `call.failovers` lists ``(adapter, error)``
+    for each adapter that failed or was skipped as down before it. Each adapter's own chain
+    still runs for the attempts that go through it. Received events and requests that the
+    adapters hand on pass the manager's chain once (a duplicate event is dropped first), with
+    `call.carrier` the adapter that received them.
 
     Attributes:
         last_adapter: the adapter that carried the last packet (for tests and metrics).
@@ -118,11 +127,12 @@ class AdapterManager(Adapter):
             AllAdaptersFailedError: every SEND adapter failed or was down.
             RequestTimeoutError: the answer did not come in time.
         """
+        call = self._current_call() if self._middleware else None
         if timeout is None:
-            return await self._send(packet)
+            return await self._send(packet, call)
         try:
             async with asyncio.timeout(timeout):
-                return await self._send(packet)
+                return await self._send(packet, call)
         except TimeoutError as exc:
             if isinstance(exc, RequestTimeoutError):
                 raise
@@ -130,22 +140,36 @@ class AdapterManager(Adapter):
                 f"no response to {packet.command!r} within {timeout:g} s"
             ) from None
 
-    async def _send(self, packet: RequestPacket) -> ResponsePacket:
-        return await self._through_best(lambda adapter: adapter.send_packet(packet))
+    async def _send(self, packet: RequestPacket, call: ClientCall | None) -> ResponsePacket:
+        return await self._through_best(lambda adapter: adapter.send_packet(packet), call)
 
-    async def _through_best(self, action: Callable[[Adapter], Awaitable[T]]) -> T:
-        # The one failover loop, for requests and events alike.
+    async def _through_best(
+        self, action: Callable[[Adapter], Awaitable[T]], call: ClientCall | None = None
+    ) -> T:
+        # The one failover loop, for requests, events and uploads alike. `call`: the call the
+        # manager's chain runs (None without middleware), told the carrier and each failover.
+        if call is not None:
+            call.carrier = None  # not the manager: the adapter that answers, once known
         errors: list[tuple[str, BaseException]] = []
         for adapter in self._senders:
             if not adapter.is_available:
-                errors.append((adapter.name, adapter.last_error or TransportError("down")))
+                down = adapter.last_error or TransportError("down")
+                errors.append((adapter.name, down))
+                if call is not None:
+                    call.failovers.append((adapter, down))
                 continue
+            if call is not None:
+                # Kept if the time runs out (or the caller cancels) while this one holds it.
+                call.carrier, call.transport = adapter, adapter._call_transport
             try:
                 result = await action(adapter)
             except TimeoutError:
                 raise  # the time budget is spent: another adapter would only exceed it
             except _FAILOVER as exc:
                 errors.append((adapter.name, exc))
+                if call is not None:
+                    call.carrier = call.transport = None
+                    call.failovers.append((adapter, exc))
                 logger.info(
                     "%s failed (%s: %s); trying the next adapter",
                     adapter.name,
@@ -165,7 +189,8 @@ class AdapterManager(Adapter):
         Raises:
             AllAdaptersFailedError: every SEND adapter failed or was down.
         """
-        await self._through_best(lambda adapter: adapter.send_event(event))
+        call = self._current_call() if self._middleware else None
+        await self._through_best(lambda adapter: adapter.send_event(event), call)
 
     async def upload(
         self,
@@ -197,7 +222,10 @@ class AdapterManager(Adapter):
             return await self._through_best(attempt)
 
     async def handle_event(self, event: Event) -> None:
-        """Deliver an event once to the manager's handlers, whichever adapter carried it."""
+        """Deliver an event once to the manager's handlers, whichever adapter carried it.
+
+        A duplicate is dropped before the manager's middleware, which sees each event once.
+        """
         seen = self._seen_events
         if event.id in seen:
             logger.debug("dropping a duplicate of event %r", event.id)

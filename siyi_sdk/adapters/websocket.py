@@ -75,6 +75,7 @@ class WebSocketAdapter(Adapter):
     """
 
     mode = AdapterMode.SEND | AdapterMode.RECEIVE
+    _call_transport = "websocket"
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from ..adapters.base import Adapter
 from ..adapters.upload_source import UploadProgress, UploadSource
 from ..errors import InvalidResultError, RequestTimeoutError, error_for_response
 from ..packets import Event, Request, Response, format_validation_error
+from ..pipeline import ClientCall, Middleware
 from ..wire import FileInfo
 from .command import Command, EventModel, ResultT
 
@@ -51,6 +52,19 @@ class Api:
         self.sender = sender
         self.timeout = timeout
         self._typed_handlers: dict[str, list[tuple[type[EventModel], TypedEventHandler]]] = {}
+
+    def use(self, middleware: Middleware[ClientCall]) -> Middleware[ClientCall]:
+        """Add a client middleware to the sender's chain (`Adapter.use`); returns it.
+
+        The Api keeps no chain of its own: ``api.use(m)`` is ``api.sender.use(m)``, so the
+        middleware sees every packet the sender carries, whether it came through the Api or
+        not, with the carrier and failovers an `AdapterManager` reports, and what the server
+        sends. The Api's own `timeout` cancels the call from outside the chain: a middleware
+        then sees `asyncio.CancelledError` from `call_next` (the caller gets
+        `RequestTimeoutError`); an adapter's or manager's own timeout reaches it as
+        `RequestTimeoutError`.
+        """
+        return self.sender.use(middleware)
 
     async def send_packet(self, packet: Request, *, timeout: float | None = None) -> Response:
         """Send a raw Request through the adapter, within `timeout` (default `self.timeout`).
