@@ -73,7 +73,7 @@ async def _feed(server: ProtocolServer, count: int, tag: str) -> float:
     session = server.sessions.open(None, None, {})
     peer = Peer(
         _NullSocket(),
-        on_request=lambda request: server.handle(session, request, session.session),
+        on_request=lambda request: server.dispatcher.handle(session, request, "websocket"),
         on_event=lambda event: asyncio.sleep(0),
     )
     started = time.process_time()

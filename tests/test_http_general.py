@@ -305,7 +305,13 @@ async def test_about_lists_protocol_version_and_commands(typed_site: Site) -> No
 async def test_about_on_a_server_without_routes(site: Site) -> None:
     async with site.http.get(site.about) as reply:
         about = json.loads(await reply.read())
-    assert about == {"protocol": 1, "version": __version__, "commands": []}
+    assert about == {
+        "protocol": 1,
+        "version": __version__,
+        "commands": [],
+        "events": [],
+        "sends": {"events": [], "commands": []},
+    }
 
 
 async def test_typed_route_over_http(typed_site: Site) -> None:

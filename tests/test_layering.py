@@ -241,24 +241,12 @@ def test_the_graph_sees_lazy_and_type_checking_imports() -> None:
     # The reader itself: an import inside a function, under TYPE_CHECKING, and a PEP 562 one.
     assert "siyi_sdk.server" in imports_of("siyi_sdk")
     assert "siyi_sdk.server.redis_backplane" in imports_of("siyi_sdk.server")
-    assert "siyi_sdk.server.app" in imports_of("siyi_sdk.server.uploads")  # TYPE_CHECKING
+    assert "siyi_sdk.peer" in imports_of("siyi_sdk.server.lifecycle")  # TYPE_CHECKING
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-# Edges that close a cycle today and are being taken apart (issue 12, "Shape": `Uploads` reaches
-# into `ProtocolServer`'s private members, so it names the class for type checking). Each must
-# still exist: delete it here once it is gone, so that it cannot come back unnoticed.
-PENDING_CYCLE_EDGES = {("siyi_sdk.server.uploads", "siyi_sdk.server.app")}
-
-
 def test_no_import_cycles() -> None:
-    for module, target in PENDING_CYCLE_EDGES:
-        assert target in GRAPH[module], f"{module} -> {target} is gone: drop it from the list"
-    graph = {
-        module: {t for t in targets if (module, t) not in PENDING_CYCLE_EDGES}
-        for module, targets in GRAPH.items()
-    }
-    assert find_cycle(graph) is None
+    assert find_cycle(GRAPH) is None
 
 
 def _in(module: str, *layers: str) -> bool:

@@ -271,15 +271,18 @@ async def test_a_client_that_posts_then_polls_receives_every_broadcast_between(
 
 
 @contextlib.asynccontextmanager
-async def provisional_server(**kwargs: Any) -> AsyncIterator[ProtocolServer]:
-    async with ProtocolServer(port=0, heartbeat_interval=None, **kwargs) as server:
+async def provisional_server(
+    provisional_ttl: float = 30.0, **kwargs: Any
+) -> AsyncIterator[ProtocolServer]:
+    server = ProtocolServer(port=0, heartbeat_interval=None, **kwargs)
+    server.sessions.provisional_ttl = provisional_ttl  # before the sweeper starts
+    async with server:
         yield server
 
 
 async def test_a_provisional_session_buffers_little_and_ends_unless_its_key_comes_back() -> None:
-    async with provisional_server(max_sessions=4) as server:
+    async with provisional_server(provisional_ttl=0.5, max_sessions=4) as server:
         sessions = server.sessions
-        sessions.provisional_ttl = 0.05
         status, _, kept = await post(server, whoami("a"), {})
         status, _, lapsed = await post(server, whoami("a"), {})
         assert kept is not None

@@ -384,11 +384,14 @@ def upload_urls(ws_url: str, path: str) -> tuple[str, str]:
     """The HTTP and WebSocket URLs of the upload endpoint at `path` of a WebSocket server.
 
     ``upload_urls("wss://host:8765", "/upload")`` is
-    ``("https://host:8765/upload", "wss://host:8765/upload")``.
+    ``("https://host:8765/upload", "wss://host:8765/upload")``; a path in the WebSocket URL
+    (a server mounted at ``ws://host/siyi``) is kept as a prefix: ``.../siyi/upload``.
     """
     parts = urlsplit(ws_url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
     ws_scheme = "wss" if scheme == "https" else "ws"
+    # A server mounted under a prefix (``ws://host/siyi``) serves its uploads under it too.
+    path = parts.path.rstrip("/") + path
     return (
         urlunsplit((scheme, parts.netloc, path, "", "")),
         urlunsplit((ws_scheme, parts.netloc, path, "", "")),

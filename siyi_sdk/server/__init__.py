@@ -9,9 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .app import ConnectionHandler, ProtocolServer, ServerEventHandler, ServerRequestHandler
+from .app import ProtocolServer
 from .backplane import Backplane, MemoryBackplane
-from .connection import Connection
+from .connection import Connection, ServerCall
+from .dispatch import (
+    ConnectionHandler,
+    ServerEventHandler,
+    ServerMiddleware,
+    ServerRequestHandler,
+)
 from .routing import Route
 from .state import MemoryResponseCache, ResponseCache
 from .uploads import StoredFile, UploadHandler, Uploads, sanitize_filename
@@ -36,7 +42,9 @@ __all__ = [
     "RedisResponseCache",
     "ResponseCache",
     "Route",
+    "ServerCall",
     "ServerEventHandler",
+    "ServerMiddleware",
     "ServerRequestHandler",
     "SharedConnection",
     "StoredFile",

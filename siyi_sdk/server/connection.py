@@ -18,8 +18,9 @@ from typing import Any, Literal
 from ..errors import ConnectionClosedError, NotConnectedError, RequestTimeoutError
 from ..packets import Event, Request, Response, encode, kept
 from ..peer import Peer
+from ..pipeline import Call, Chain, Direction
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "ServerCall"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,29 @@ _TRY_AGAIN_LATER = 1013
 
 _OVERFLOW_CLOSE_TIMEOUT = 10.0
 """Seconds such a peer gets to read up to the close frame before its connection is cut."""
+
+
+class ServerCall(Call):
+    """A call on the server side: what a peer sent, or what the server sends to it.
+
+    Attributes:
+        connection: the peer's session (None for a broadcast, which goes to many).
+        cached: for a request that arrived: True when the at-most-once record answered
+            instead of a run (set once `call_next` returned).
+    """
+
+    __slots__ = ("cached", "connection")
+
+    def __init__(
+        self,
+        packet: Request | Event,
+        direction: Direction,
+        connection: Connection | None,
+        transport: Literal["websocket", "http"] | None,
+    ) -> None:
+        super().__init__(packet, direction, transport)
+        self.connection = connection
+        self.cached = False
 
 
 class Connection:
@@ -68,6 +92,8 @@ class Connection:
         self.remote_address = remote_address
         self.headers = headers
         self.request_timeout = request_timeout
+        self.chain: Chain[ServerCall] | None = None
+        """The server's middleware chain, which what is sent through this handle passes."""
         self.peer: Peer | None = None
         self.close_code: int | None = None
         self.dropped = 0
@@ -251,6 +277,14 @@ class Connection:
             NotConnectedError: the session has ended.
         """
         event = Event(name=name, data=data)
+        chain = self.chain
+        if chain:
+            await chain.run(ServerCall(event, "out", self, self.transport), self._send_event)
+        else:
+            await self.deliver(event.id, kept(encode(event)))
+
+    async def _send_event(self, call: ServerCall) -> None:
+        event = call.packet
         await self.deliver(event.id, kept(encode(event)))
 
     async def send_request(
@@ -273,6 +307,20 @@ class Connection:
         """
         request = Request.make(command, params)
         timeout = self.request_timeout if timeout is None else timeout
+        chain = self.chain
+        if not chain:
+            return await self._send_request(request, timeout)
+
+        async def send(call: ServerCall) -> Response:
+            assert isinstance(call.packet, Request)
+            return await self._send_request(call.packet, timeout)
+
+        answer = await chain.run(ServerCall(request, "out", self, self.transport), send)
+        assert isinstance(answer, Response), "a middleware must return the Response"
+        return answer
+
+    async def _send_request(self, request: Request, timeout: float | None) -> Response:
+        command = request.command
         peer = self.peer
         if peer is not None and not peer.closed and not self._replaying:
             return await peer.request(request, timeout)

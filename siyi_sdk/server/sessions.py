@@ -15,7 +15,8 @@ from typing import Any, Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .connection import Connection
+from ..pipeline import Chain
+from .connection import Connection, ServerCall
 
 __all__ = [
     "MAX_SESSION_HEADER_BYTES",
@@ -108,6 +109,8 @@ class SessionRegistry:
         # Ordered by last activity, oldest first: expiry and eviction only ever look at the
         # front, so a flood of one-off HTTP callers costs O(1) per session, not a scan.
         self._sessions: OrderedDict[str, Connection] = OrderedDict()
+        self.chain: Chain[ServerCall] | None = None
+        """The server's middleware chain, given to every session handle made here."""
         # Provisional sessions by opening time, oldest first (a subset of `_sessions`).
         self._provisional: OrderedDict[str, Connection] = OrderedDict()
 
@@ -215,6 +218,7 @@ class SessionRegistry:
             buffer_size=self.buffer_size,
         )
         session.headers = bounded_headers(headers)
+        session.chain = self.chain
         session.opened = session.last_active = self._clock()
         self._sessions[key] = session
         return session

@@ -60,14 +60,21 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, TypeAlias
+from typing import IO, Any, Final, Literal, TypeAlias
 from urllib.parse import unquote
 
 import orjson
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..packets import MAX_ID_LENGTH, SESSION_HEADER, Response, StatusCode, format_validation_error
+from ..packets import (
+    MAX_ID_LENGTH,
+    SESSION_HEADER,
+    Request,
+    Response,
+    StatusCode,
+    format_validation_error,
+)
 from ..peer import call_event_handler, encode_response
 from ..wire import (
     FILE_MD5_HEADER,
@@ -78,11 +85,12 @@ from ..wire import (
     UPLOAD_RECEIVED_HEADER,
     FileInfo,
 )
-from .connection import Connection
+from .answers import packet_answer, refusal
+from .auth import Gate
+from .connection import Connection, ServerCall
+from .dispatch import Dispatcher
+from .lifecycle import Lifecycle, ServerSettings
 from .owners import owner_key, same_owner
-
-if TYPE_CHECKING:
-    from .app import ProtocolServer
 
 __all__ = ["MAX_NAME_BYTES", "StoredFile", "UploadHandler", "Uploads", "sanitize_filename"]
 
@@ -554,14 +562,20 @@ class Uploads:
 
     def __init__(
         self,
-        server: ProtocolServer,
+        settings: ServerSettings,
+        gate: Gate,
+        dispatcher: Dispatcher,
+        lifecycle: Lifecycle,
         *,
         directory: str | os.PathLike[str] | None,
         max_size: int,
         resume_ttl: float,
         path: str,
     ) -> None:
-        self._server = server
+        self._settings = settings
+        self._gate = gate
+        self._dispatcher = dispatcher
+        self._lifecycle = lifecycle
         self._configured = Path(directory) if directory is not None else None
         self._directory: Path | None = self._configured
         self.max_size = max_size
@@ -595,11 +609,12 @@ class Uploads:
         self._handlers.append(handler)
         return handler
 
-    def setup(self, app: web.Application) -> None:
-        """Add the routes, and the start/stop hooks, to the server's application."""
-        app.router.add_post(self.path, self._post, expect_handler=self._expect)
-        app.router.add_get(self.path, self._websocket)
-        app.router.add_get(self.path + "/{upload_id}", self._status)
+    def setup(self, app: web.Application, prefix: str = "") -> None:
+        """Add the routes (under `prefix`), and the start/stop hooks, to an application."""
+        path = prefix + self.path
+        app.router.add_post(path, self._post, expect_handler=self._expect)
+        app.router.add_get(path, self._websocket)
+        app.router.add_get(path + "/{upload_id}", self._status)
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)
@@ -818,7 +833,7 @@ class Uploads:
                 429,
                 f"busy: another part of upload {upload_id!r} is still running",
             )
-        if self._server._stopping:  # it waited for the lock while the server began to stop
+        if self._lifecycle.stopping:  # it waited for the lock while the server began to stop
             lock.release()
             return self._fail(upload_id, 503, "unavailable: shutting down", StatusCode.UNAVAILABLE)
         if transport is not None:
@@ -934,7 +949,10 @@ class Uploads:
             partial.declared.update(await channel.final_digests(spec, partial))
         except _Interrupted as exc:
             return await self._interrupted(partial, exc)
-        return await self._complete(partial, session)
+        transport: Literal["websocket", "http"] = (
+            "websocket" if isinstance(channel, _WebSocketChannel) else "http"
+        )
+        return await self._complete(partial, session, transport)
 
     async def _interrupted(self, partial: _Partial, exc: _Interrupted) -> _Answer | None:
         if not partial.resumable:
@@ -960,7 +978,9 @@ class Uploads:
             )
         return None
 
-    async def _complete(self, partial: _Partial, session: Connection) -> _Answer:
+    async def _complete(
+        self, partial: _Partial, session: Connection, transport: Literal["websocket", "http"]
+    ) -> _Answer:
         assert partial.md5 is not None
         assert partial.sha256 is not None
         actual = {"md5": partial.md5.hexdigest(), "sha256": partial.sha256.hexdigest()}
@@ -976,6 +996,35 @@ class Uploads:
                     f"bad request: {algorithm} mismatch: the bytes received hash to "
                     f"{actual[algorithm]}, not {expected}; nothing was kept",
                 )
+        if not self._dispatcher.chain:
+            return await self._store_complete(partial, session, actual)
+        # The completion passes the server's middleware chain like any call (a Request named
+        # "siyi.upload"): a middleware sees it, and may refuse it (the bytes are then dropped).
+        upload = Request.make(
+            "siyi.upload",
+            {"upload_id": partial.upload_id, "name": partial.name, "size": partial.size, **actual},
+        )
+        stored: list[_Answer] = []
+
+        async def store(call: ServerCall) -> Response:
+            stored.append(await self._store_complete(partial, session, actual))
+            return stored[0].response
+
+        answer = await self._dispatcher.chain.run(
+            ServerCall(upload, "in", session, transport), store
+        )
+        if stored and answer is stored[0].response:
+            return stored[0]
+        if not stored:
+            await self._discard(partial)
+        if not isinstance(answer, Response) or answer.ok:
+            return _Answer(Response.success(partial.upload_id, answer and answer.data), 200)
+        status = answer.code if 400 <= answer.code < 600 else 400
+        return self._fail(partial.upload_id, status, answer.error or "refused", answer.code)
+
+    async def _store_complete(
+        self, partial: _Partial, session: Connection, actual: dict[str, str]
+    ) -> _Answer:
         file_id = uuid.uuid4().hex
         path = await self._run(self._store, partial, file_id)
         self._partials.pop(partial.upload_id, None)
@@ -991,7 +1040,7 @@ class Uploads:
             self._completed[partial.upload_id] = _Done(stored, time.monotonic(), partial.owner)
         logger.info("upload %s stored as %s (%d bytes)", partial.upload_id, path, stored.size)
         for handler in self._handlers:
-            self._server._spawn(call_event_handler(handler, (session, stored), "upload"))
+            self._lifecycle.spawn(call_event_handler(handler, (session, stored), "upload"))
         return _Answer(Response.success(partial.upload_id, _wire(stored)), 200)
 
     def _may_know(self, upload_id: str, caller: Any) -> bool:
@@ -1025,7 +1074,7 @@ class Uploads:
     # HTTP ------------------------------------------------------------------------------------
 
     def _answer(self, answer: _Answer, session: Connection | None) -> web.Response:
-        reply = self._server._packet_response(answer.response, answer.status, session)
+        reply = packet_answer(answer.response, answer.status, session)
         if answer.received is not None:
             reply.headers[UPLOAD_RECEIVED_HEADER] = str(answer.received)
         return reply
@@ -1090,10 +1139,9 @@ class Uploads:
         return _Spec(upload_id, raw_id is not None, name, size, start, end, digests)
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
-        server = self._server
-        if server._stopping:
-            return server._refusal(503, StatusCode.UNAVAILABLE, "unavailable: shutting down")
-        opened = await server._open_session(request)
+        if self._lifecycle.stopping:
+            return refusal(503, StatusCode.UNAVAILABLE, "unavailable: shutting down")
+        opened = await self._gate.open_session(request)
         if isinstance(opened, web.Response):
             return opened
         session, _ = opened
@@ -1108,7 +1156,7 @@ class Uploads:
         return self._answer(answer, session)
 
     async def _status(self, request: web.Request) -> web.StreamResponse:
-        opened = await self._server._open_session(request)
+        opened = await self._gate.open_session(request)
         if isinstance(opened, web.Response):
             return opened
         session, _ = opened
@@ -1148,9 +1196,10 @@ class Uploads:
     # WebSocket -------------------------------------------------------------------------------
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        server = self._server
         ws = web.WebSocketResponse(
-            heartbeat=server.heartbeat_interval, max_msg_size=self.frame_limit, autoping=True
+            heartbeat=self._settings.heartbeat_interval,
+            max_msg_size=self.frame_limit,
+            autoping=True,
         )
         if not ws.can_prepare(request).ok:
             return web.json_response(
@@ -1158,9 +1207,9 @@ class Uploads:
                 status=426,
                 headers={"Upgrade": "websocket"},
             )
-        if server._stopping:
-            return server._refusal(503, StatusCode.UNAVAILABLE, "unavailable: shutting down")
-        opened = await server._open_session(request)
+        if self._lifecycle.stopping:
+            return refusal(503, StatusCode.UNAVAILABLE, "unavailable: shutting down")
+        opened = await self._gate.open_session(request)
         if isinstance(opened, web.Response):
             return opened
         session, _ = opened

@@ -1,0 +1,226 @@
+"""The call pipeline of a server: middleware, at-most-once, routes and handlers (DESIGN.md).
+
+Every Request and Event that reaches the server, whatever carried it (a WebSocket,
+``POST /general``, an upload's completion), enters `Dispatcher.handle` or
+`Dispatcher.deliver`: the middleware chain (outermost first), then for a request the
+at-most-once record, then the typed route or the catch-all handler. What the server sends
+(`Connection.send_event` / `send_request`, broadcasts) passes the same chain outward
+(`ServerCall.direction == "out"`), so one middleware sees both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeAlias
+
+from pydantic import ValidationError
+
+from ..api.command import Command, EventModel
+from ..packets import Event, Request, Response, StatusCode, format_validation_error
+from ..peer import call_event_handler, call_request_handler
+from ..pipeline import Chain, Middleware
+from .connection import Connection, ServerCall
+from .lifecycle import Lifecycle, ServerSettings
+from .routing import Route
+from .state import ResponseCache
+
+__all__ = [
+    "ConnectionHandler",
+    "Dispatcher",
+    "ServerEventHandler",
+    "ServerMiddleware",
+    "ServerRequestHandler",
+]
+
+logger = logging.getLogger(__name__)
+
+ServerRequestHandler: TypeAlias = Callable[[Connection, Request], Awaitable[Response] | Response]
+"""The catch-all request handler: ``handler(connection, request) -> Response``."""
+ServerEventHandler: TypeAlias = Callable[[Connection, Event], Awaitable[None] | None]
+"""An event handler: ``handler(connection, event)``."""
+ConnectionHandler: TypeAlias = Callable[[Connection], Awaitable[None] | None]
+"""A connect/disconnect/session-end handler: ``handler(connection)``."""
+ServerMiddleware: TypeAlias = Middleware[ServerCall]
+"""``async def middleware(call: ServerCall, call_next) -> Response | None``."""
+
+Transport: TypeAlias = Literal["websocket", "http"]
+
+
+class _TypedEvent:
+    """The handlers of one typed event, and the model its data is validated into."""
+
+    __slots__ = ("handlers", "model")
+
+    def __init__(self, model: type[EventModel]) -> None:
+        self.model = model
+        self.handlers: list[Callable[..., Any]] = []
+
+
+class Dispatcher:
+    """Routes, handlers and the middleware chain of one server.
+
+    Args:
+        settings: the server's settings (`handler_timeout`).
+        response_cache: the at-most-once record (PROTOCOL.md §6).
+        lifecycle: whether the server is stopping.
+    """
+
+    def __init__(
+        self, settings: ServerSettings, response_cache: ResponseCache, lifecycle: Lifecycle
+    ) -> None:
+        self.settings = settings
+        self.response_cache = response_cache
+        self.lifecycle = lifecycle
+        self.chain: Chain[ServerCall] = Chain()
+        self.routes: dict[str, Route] = {}
+        self.request_handler: ServerRequestHandler | None = None
+        self.event_handlers: list[ServerEventHandler] = []
+        self.typed_events: dict[str, _TypedEvent] = {}
+        self.connect_handlers: list[ConnectionHandler] = []
+        self.disconnect_handlers: list[ConnectionHandler] = []
+        self.session_end_handlers: list[ConnectionHandler] = []
+        self.sends_events: dict[str, type[EventModel] | None] = {}
+        """Events the server declared it sends (name -> model), for `/about`."""
+        self.sends_commands: dict[str, type[Command[Any]] | None] = {}
+        """Commands the server declared it sends to its clients, for `/about`."""
+
+    # Registration ------------------------------------------------------------------------------
+
+    def add_route(self, route: Route) -> None:
+        """Register (or replace) the route of one command."""
+        self.routes[route.name] = route
+
+    def add_typed_event(self, model: type[EventModel], handler: Callable[..., Any]) -> None:
+        """Add a handler that gets the data of `model`'s event validated into it."""
+        name = model.event_name()
+        entry = self.typed_events.get(name)
+        if entry is None:
+            entry = self.typed_events[name] = _TypedEvent(model)
+        entry.handlers.append(handler)
+
+    # Requests ------------------------------------------------------------------------------
+
+    async def handle(
+        self, connection: Connection, request: Request, transport: Transport
+    ) -> Response:
+        """Answer one request from any transport; never raises.
+
+        Through the middleware chain, then: 503 while stopping; a repeat of an id seen in
+        the same session gets the first Response (at most once, §6); then the typed route,
+        else the catch-all handler, else 404; handler errors are mapped by
+        `call_request_handler`.
+        """
+        if not self.chain:
+            return await self._once(connection, request, None)
+        call = ServerCall(request, "in", connection, transport)
+        answer = await self.chain.run(call, self._terminal)
+        if not isinstance(answer, Response):
+            logger.error(
+                "a middleware answered %r with %r, not a Response", request.command, answer
+            )
+            return Response.fail(
+                request.id,
+                f"internal error: no Response for {request.command!r}",
+                StatusCode.INTERNAL_ERROR,
+            )
+        if answer.id != request.id:
+            answer = answer.model_copy(update={"id": request.id})
+        return answer
+
+    async def _terminal(self, call: ServerCall) -> Response | None:
+        packet = call.packet
+        assert isinstance(packet, Request)
+        assert call.connection is not None
+        return await self._once(call.connection, packet, call)
+
+    async def _once(
+        self, connection: Connection, request: Request, call: ServerCall | None
+    ) -> Response:
+        if self.lifecycle.stopping:
+            return Response.fail(
+                request.id, "unavailable: the server is shutting down", StatusCode.UNAVAILABLE
+            )
+        if call is None:
+            return await self.response_cache.run_once(
+                (connection.session, request.id), lambda: self.run(connection, request)
+            )
+        ran = False
+
+        def compute() -> Awaitable[Response]:
+            nonlocal ran
+            ran = True
+            return self.run(connection, request)
+
+        answer = await self.response_cache.run_once((connection.session, request.id), compute)
+        call.cached = not ran
+        return answer
+
+    async def run(self, connection: Connection, request: Request) -> Response:
+        """Run the request's handler (no at-most-once, no middleware): its Response."""
+        handler: Callable[..., Any] | None = self.routes.get(request.command)
+        if handler is None:
+            handler = self.request_handler
+        if handler is None:
+            return Response.fail(
+                request.id, f"unknown command: {request.command!r}", StatusCode.UNKNOWN_COMMAND
+            )
+        timeout = self.settings.handler_timeout
+        if timeout is None:
+            return await call_request_handler(handler, (connection, request), request)
+        try:
+            async with asyncio.timeout(timeout):
+                return await call_request_handler(handler, (connection, request), request)
+        except TimeoutError:
+            return Response.fail(
+                request.id,
+                f"timeout: {request.command!r} ran past {timeout:g} s",
+                StatusCode.TIMEOUT,
+            )
+
+    # Events ----------------------------------------------------------------------------------
+
+    async def deliver(self, connection: Connection, event: Event, transport: Transport) -> None:
+        """Hand one event to its handlers (through the middleware chain); never raises."""
+        if not self.chain:
+            await self._deliver(connection, event)
+            return
+        call = ServerCall(event, "in", connection, transport)
+        await self.chain.run(call, self._deliver_call)
+
+    async def _deliver_call(self, call: ServerCall) -> None:
+        assert isinstance(call.packet, Event)
+        assert call.connection is not None
+        await self._deliver(call.connection, call.packet)
+
+    async def _deliver(self, connection: Connection, event: Event) -> None:
+        typed = self.typed_events.get(event.name)
+        if typed is not None:
+            try:
+                model = typed.model.model_validate(event.data or {})
+            except ValidationError as exc:
+                logger.warning(
+                    "dropped event %r: its data does not fit %s: %s",
+                    event.name,
+                    typed.model.__name__,
+                    format_validation_error(exc),
+                )
+            else:
+                for typed_handler in typed.handlers:
+                    await call_event_handler(typed_handler, (connection, model), event.name)
+        for handler in self.event_handlers:
+            await call_event_handler(handler, (connection, event), event.name)
+
+    # Outgoing --------------------------------------------------------------------------------
+
+    async def outgoing(
+        self,
+        packet: Request | Event,
+        connection: Connection | None,
+        send: Callable[[ServerCall], Awaitable[Response | None]],
+    ) -> Response | None:
+        """Pass a packet the server sends through the chain (outward), then `send` it."""
+        transport: Transport | None = None if connection is None else connection.transport
+        call = ServerCall(packet, "out", connection, transport)
+        return await self.chain.run(call, send)

@@ -1,0 +1,185 @@
+"""The HTTP endpoints of a server: ``POST /general``, ``GET /events``, ``GET /about``."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+
+from .._version import __version__
+from ..errors import BackplaneUnavailableError, ProtocolError
+from ..packets import (
+    PROTOCOL_VERSION,
+    SESSION_HEADER,
+    Event,
+    Request,
+    Response,
+    StatusCode,
+    parse_message,
+)
+from .answers import JSON, packet_answer, refusal
+from .auth import Gate
+from .dispatch import Dispatcher
+from .lifecycle import Lifecycle, ServerSettings
+
+__all__ = ["MAX_POLL_WAIT", "HttpEndpoints"]
+
+MAX_POLL_WAIT = 60.0
+"""The longest wait of one ``GET /events`` poll, in seconds (PROTOCOL.md §7)."""
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+
+
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The whole body of `request`, decompressed, if it is at most `limit` bytes.
+
+    Read here rather than by `request.read()`, whose bound is the application's
+    `client_max_size` (a mounted server does not own its application).
+
+    Raises:
+        _TooLarge: the body is over `limit` (before reading it when its length says so).
+        RequestPayloadError: it cannot be read (e.g. a gzip body that does not inflate).
+    """
+    length = request.content_length
+    if length is not None and length > limit and "Content-Encoding" not in request.headers:
+        raise _TooLarge(length)
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge(None)
+    return bytes(body)
+
+
+class HttpEndpoints:
+    """The aiohttp handlers of the packet endpoints over HTTP."""
+
+    def __init__(
+        self, settings: ServerSettings, gate: Gate, dispatcher: Dispatcher, lifecycle: Lifecycle
+    ) -> None:
+        self.settings = settings
+        self.gate = gate
+        self.dispatcher = dispatcher
+        self.lifecycle = lifecycle
+
+    def _too_large(self, size: int | None = None) -> web.Response:
+        said = f"{size} bytes, " if size is not None else ""
+        return refusal(
+            413,
+            StatusCode.TOO_LARGE,
+            f"too large: {said}the limit is {self.settings.max_message_size} bytes",
+        )
+
+    async def general(self, request: web.Request) -> web.Response:
+        """``POST /general``: one packet in, one Response out."""
+        # Counted beside the request tasks of WebSockets, for stop().
+        task = asyncio.current_task()
+        calls = self.lifecycle.http_calls
+        if task is not None:
+            calls.add(task)
+        try:
+            return await self._general(request)
+        finally:
+            if task is not None:
+                calls.discard(task)
+
+    async def _general(self, request: web.Request) -> web.Response:
+        # Everything that can refuse the call comes before its session: a refused call (401,
+        # 403, 413, 400) opens none and answers no X-Siyi-Session (PROTOCOL.md §4).
+        caller = await self.gate.caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        try:
+            body = await read_body(request, self.settings.max_message_size)
+        except _TooLarge as exc:
+            return self._too_large(exc.size)
+        except RequestPayloadError as exc:
+            return refusal(400, StatusCode.BAD_REQUEST, f"bad request: unreadable body: {exc}")
+        try:
+            packet = parse_message(body)
+        except ProtocolError as exc:
+            return packet_answer(Response.fail(exc.packet_id, str(exc), exc.code), 400)
+        # Opened here, a session is provisional (§7) until its key is presented again.
+        opened = await self.gate.session_of(request, caller, provisional=True)
+        if isinstance(opened, web.Response):
+            return opened
+        session, _ = opened
+        if isinstance(packet, Request):
+            # Ids are scoped by session only (§6): a caller without a key has a new session,
+            # so two callers can never see each other's answers, whatever ids they pick.
+            answer = await self.dispatcher.handle(session, packet, "http")
+            return packet_answer(answer, 200, session)
+        if isinstance(packet, Event):
+            await self.dispatcher.deliver(session, packet, "http")
+        elif not session.resolve(packet):  # the answer to a request sent via /events
+            self.gate.backplane.forward_response(session, packet)
+        return packet_answer(Response.success(packet.id), 200, session)
+
+    async def events(self, request: web.Request) -> web.Response:
+        """``GET /events``: the long poll of an HTTP-only peer (§7)."""
+        caller = await self.gate.caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        try:
+            wait = float(request.query.get("wait", "0"))
+        except ValueError:
+            wait = math.nan
+        if math.isnan(wait):
+            return refusal(400, StatusCode.BAD_REQUEST, "bad request: 'wait' is seconds")
+        wait = min(max(wait, 0.0), MAX_POLL_WAIT)
+        opened = await self.gate.session_of(request, caller)
+        if isinstance(opened, web.Response):
+            return opened
+        session, _ = opened
+        # An empty `after` acknowledges nothing yet: unlike no `after`, it consumes nothing.
+        after = request.query.get("after")
+        session.receives = True
+        session.polls += 1  # a poll under way is activity: the session cannot expire
+        try:
+            frames = await session.take(after)
+            if not frames and wait > 0 and not self.lifecycle.stopping:
+                await session.wait_for_packets(wait)
+                frames = await session.take(None if after is None else "")
+        except BackplaneUnavailableError as exc:
+            return refusal(503, StatusCode.UNAVAILABLE, f"unavailable: {exc}")
+        finally:
+            session.polls -= 1
+            self.gate.touch(session)
+        return web.Response(
+            body=b"[" + b",".join(frames) + b"]",
+            content_type=JSON,
+            headers={SESSION_HEADER: session.session},
+        )
+
+    async def about(self, request: web.Request) -> web.Response:
+        """``GET /about``: the protocol, the version and (to a caller with the key) the API."""
+        body: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "version": __version__}
+        # §11: the version is open to anyone (a client checks it before authenticating); the
+        # API only to a caller that presents the key.
+        if self.gate.open or await self.gate.is_authorized(request):
+            dispatcher = self.dispatcher
+            body["commands"] = [route.describe() for route in dispatcher.routes.values()]
+            # What the server takes (typed events) and what it sends (declared events and
+            # commands), so that a description lists both directions.
+            body["events"] = [
+                {"name": name, "data": typed.model.model_json_schema()}
+                for name, typed in dispatcher.typed_events.items()
+            ]
+            body["sends"] = {
+                "events": [
+                    {"name": name} | ({"data": model.model_json_schema()} if model else {})
+                    for name, model in dispatcher.sends_events.items()
+                ],
+                "commands": [
+                    model.describe() if model else {"name": name}
+                    for name, model in dispatcher.sends_commands.items()
+                ],
+            }
+        return web.Response(body=orjson.dumps(body), content_type=JSON)

@@ -1,0 +1,138 @@
+"""The packet WebSocket of a server (PROTOCOL.md §1, §5, §7): upgrade, greet, serve, detach."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from ..errors import ConnectionClosedError, NotConnectedError
+from ..packets import PROTOCOL_VERSION, SESSION_EVENT, SUBPROTOCOL, TAKEN_OVER, Event, StatusCode
+from ..peer import Peer, call_event_handler
+from .answers import refusal
+from .auth import Gate
+from .backplane import Backplane
+from .connection import Connection
+from .dispatch import Dispatcher
+from .lifecycle import Lifecycle, ServerSettings
+
+__all__ = ["WebSocketEndpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+class WebSocketEndpoint:
+    """Serves the packet WebSocket: one `Peer` per connection, attached to its session."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        gate: Gate,
+        dispatcher: Dispatcher,
+        backplane: Backplane,
+        lifecycle: Lifecycle,
+    ) -> None:
+        self.settings = settings
+        self.gate = gate
+        self.dispatcher = dispatcher
+        self.backplane = backplane
+        self.lifecycle = lifecycle
+        self.general_path = settings.general_path
+        """Where plain HTTP callers are sent (the mounted path of ``/general``)."""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The aiohttp handler of the WebSocket path."""
+        settings = self.settings
+        ws = web.WebSocketResponse(
+            heartbeat=settings.heartbeat_interval,
+            # aiohttp refuses a frame of exactly max_msg_size: the limit itself is allowed.
+            max_msg_size=settings.max_message_size + 1,
+            autoping=True,
+            protocols=(SUBPROTOCOL,),
+        )
+        if not ws.can_prepare(request).ok:
+            return web.json_response(
+                {"error": f"this endpoint speaks WebSocket; POST packets to {self.general_path}"},
+                status=426,
+                headers={"Upgrade": "websocket"},
+            )
+        if self.lifecycle.stopping:
+            return refusal(503, StatusCode.UNAVAILABLE, "the server is shutting down")
+        caller = await self.gate.caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        opened = await self.gate.session_of(request, caller)
+        if isinstance(opened, web.Response):
+            return opened
+        session, resumed = opened
+        await ws.prepare(request)
+        await self._serve(
+            session,
+            resumed,
+            Peer(
+                ws,
+                on_request=lambda req: self.dispatcher.handle(session, req, "websocket"),
+                on_event=lambda event: self.dispatcher.deliver(session, event, "websocket"),
+                max_in_flight=settings.max_in_flight,
+                max_pending_events=settings.max_pending_events,
+                max_outbox_bytes=settings.max_outbox_bytes,
+                label=f"connection #{session.id}",
+                on_response=lambda response: (
+                    session.resolve(response) or self.backplane.forward_response(session, response)
+                ),
+                transport=request.transport,
+                max_message_size=settings.max_message_size,
+            ),
+        )
+        return ws
+
+    async def _serve(self, session: Connection, resumed: bool, peer: Peer) -> None:
+        lifecycle = self.lifecycle
+        lifecycle.peers.add(peer)
+        previous = session.attach(peer)
+        if previous is not None:
+            logger.info("%r: a new WebSocket takes the session over", session)
+            lifecycle.spawn(previous.close(TAKEN_OVER, "session taken over by another connection"))
+        session.receives = True
+        lifecycle.spawn(self._greet(session, peer, resumed))
+        try:
+            await peer.run()
+        finally:
+            lifecycle.peers.discard(peer)
+            attached = session.detach(peer)
+            if attached:
+                self.gate.sessions.touch(session)
+                if self.backplane.shared:
+                    await self.backplane.release(session)
+            logger.debug("%r disconnected (code %s)", session, peer.close_code)
+            if attached:
+                for handler in self.dispatcher.disconnect_handlers:
+                    await call_event_handler(handler, (session,), "disconnect")
+            if peer.remote_close_code == 1000 and (attached or session.peer is None):
+                # The client said goodbye: its session is over (a drop leaves it resumable).
+                self.gate.sessions.end(session)
+
+    async def _greet(self, session: Connection, peer: Peer, resumed: bool) -> None:
+        # The session event first, then what waited in the buffer, then anything new.
+        dropped = await self.backplane.claim(session)
+        greeting = Event(
+            name=SESSION_EVENT,
+            data={
+                "session": session.session,
+                "protocol": PROTOCOL_VERSION,
+                "heartbeat_interval": self.settings.heartbeat_interval,
+                "resumed": resumed,
+                "dropped": dropped,
+            },
+        )
+        try:
+            await peer.send(greeting)
+        except (NotConnectedError, ConnectionClosedError):
+            return
+        if not await session.replay(peer):
+            return  # dropped while replaying: the rest stays buffered
+        logger.debug("%r connected", session)
+        for handler in self.dispatcher.connect_handlers:
+            # Beside the reader, not before it: a connect handler may await a request to the
+            # client, whose Response only the reader can deliver.
+            self.lifecycle.spawn(call_event_handler(handler, (session,), "connect"))
