@@ -78,3 +78,17 @@ async def test_a_general_body_of_exactly_the_limit_is_accepted_one_more_is_413(
         async with http.post(url, data=chunked()) as reply:
             assert (reply.status, reply.headers.get(SESSION_HEADER)) == (413, None)
         assert len(limited.sessions) == sessions
+
+
+async def test_a_refused_upload_opens_no_session(make_server: ServerFactory) -> None:
+    server = await make_server(max_upload_size=10)
+    url = f"{http_url(server)}/upload"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=b"x" * 11, headers={"X-Siyi-File-Name": "big"}) as reply:
+            assert (reply.status, reply.headers.get(SESSION_HEADER)) == (413, None)
+        async with http.get(f"{url}/no-such-upload") as reply:
+            assert (reply.status, reply.headers.get(SESSION_HEADER)) == (404, None)
+        async with http.post(url, data=b"x" * 5, headers={"X-Siyi-File-Name": "ok"}) as reply:
+            assert reply.status == 200
+            assert reply.headers.get(SESSION_HEADER)
+    assert len(server.sessions) == 1

@@ -1073,7 +1073,14 @@ class Uploads:
 
     # HTTP ------------------------------------------------------------------------------------
 
-    def _answer(self, answer: _Answer, session: Connection | None) -> web.Response:
+    def _answer(
+        self, answer: _Answer, session: Connection | None, opened_here: bool = False
+    ) -> web.Response:
+        if opened_here and session is not None and answer.status >= 400:
+            # A refused call opens no session (PROTOCOL.md §4): the one this call opened goes.
+            self._gate.sessions.discard(session)
+            session.end()
+            session = None
         reply = packet_answer(answer.response, answer.status, session)
         if answer.received is not None:
             reply.headers[UPLOAD_RECEIVED_HEADER] = str(answer.received)
@@ -1144,26 +1151,28 @@ class Uploads:
         opened = await self._gate.open_session(request)
         if isinstance(opened, web.Response):
             return opened
-        session, _ = opened
+        session, found = opened
         try:
             spec = self._http_spec(request)
         except _Refusal as exc:
-            return self._answer(self._fail(None, exc.status, str(exc), exc.code), session)
+            return self._answer(
+                self._fail(None, exc.status, str(exc), exc.code), session, not found
+            )
         channel = _HttpChannel(request, self.idle_timeout)
         answer = await self._receive(spec, session, channel, request.transport)
         if answer is None:  # cut off: nobody is left to answer
             answer = self._fail(spec.upload_id, 400, "bad request: the body was cut short")
-        return self._answer(answer, session)
+        return self._answer(answer, session, not found)
 
     async def _status(self, request: web.Request) -> web.StreamResponse:
         opened = await self._gate.open_session(request)
         if isinstance(opened, web.Response):
             return opened
-        session, _ = opened
+        session, found = opened
         upload_id = request.match_info["upload_id"]
         caller = session.principal
         if not self._may_know(upload_id, caller):
-            return self._answer(self._unknown(upload_id), session)
+            return self._answer(self._unknown(upload_id), session, not found)
         lock = self._locks.get(upload_id)
         if lock is not None and lock.locked():
             # A part is ending (its connection just dropped): report where it stops.
@@ -1174,7 +1183,7 @@ class Uploads:
         done = self._completed.get(upload_id)
         if done is not None:
             if not done.owner.admits(caller):
-                return self._answer(self._unknown(upload_id), session)
+                return self._answer(self._unknown(upload_id), session, not found)
             stored = done.stored
             body: dict[str, Any] = {
                 "upload_id": upload_id,
@@ -1185,7 +1194,7 @@ class Uploads:
         else:
             partial = await self._find(upload_id) if self.partial_directory else None
             if partial is None or not partial.owner.admits(caller):
-                return self._answer(self._unknown(upload_id), session)
+                return self._answer(self._unknown(upload_id), session, not found)
             body = partial.status()
         return web.json_response(
             body,
