@@ -62,7 +62,7 @@ def _server(cache: ResponseCache | None) -> ProtocolServer:
     server = ProtocolServer(port=0, response_cache=cache)
 
     @server.command("echo")
-    async def echo(connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+    def echo(connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         return params
 
     return server
@@ -73,8 +73,9 @@ async def _feed(server: ProtocolServer, count: int, tag: str) -> float:
     session = server.sessions.open(None, None, {})
     peer = Peer(
         _NullSocket(),
-        on_request=lambda request: server.dispatcher.handle(session, request, "websocket"),
+        on_request=lambda request: server.dispatcher.handle_frame(session, request, "websocket"),
         on_event=lambda event: asyncio.sleep(0),
+        inline=server.dispatcher.can_inline,
     )
     started = time.process_time()
     for i in range(count):

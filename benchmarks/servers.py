@@ -251,8 +251,11 @@ class SiyiServer:
                 HOST, 0, heartbeat_interval=heartbeat, shutdown_timeout=1.0
             )
 
+        # A plain function, like the raw rows' inline echo: a handler that never waits. On
+        # Python 3.11 it runs without a task (`peer.run_inline`); an `async def` one would
+        # take a task per request there (3.12+ starts either eagerly).
         @self.server.command("echo")
-        async def echo(connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        def echo(connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
             return params
 
     async def start(self) -> int:

@@ -13,12 +13,13 @@ is served, or does not read, is held back by TCP instead of filling this process
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Final, Protocol
 
 from aiohttp import WSMsgType
 
@@ -152,6 +153,63 @@ def start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
 
 
 _EAGER: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
+EAGER_TASKS: Final = bool(_EAGER)
+"""True where request tasks start eagerly (Python 3.12+)."""
+
+
+def _drive(coro: Coroutine[Any, Any, None], pending: Any) -> Generator[Any, None, None]:
+    """Go on running `coro`, which yielded `pending` in its first step run by `run_inline`.
+
+    Each value `coro` yields is handed to the task that awaits this, as if the task had
+    started `coro` itself, and what the task sends or throws in goes on to `coro`.
+    """
+    while True:
+        try:
+            yield pending
+        except BaseException as exc:  # cancellation (or anything) thrown into the task
+            try:
+                pending = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                pending = coro.send(None)
+            except StopIteration:
+                return
+
+
+class _Rest:
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return _drive(self.coro, self.pending)
+
+
+async def _rest(coro: Coroutine[Any, Any, None], pending: Any) -> None:
+    await _Rest(coro, pending)
+
+
+def run_inline(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run the first step of `coro` now, in a context of its own; a task for the rest.
+
+    Python 3.11's stand-in for an eager task, for a request whose handler is known not to
+    look at `asyncio.current_task()` (a plain function, no handler deadline, no middleware):
+    most finish in that first step and cost no task and no trip through the event loop. One
+    that waits (its answer's write waits for the socket to drain) goes on in a task.
+
+    Returns:
+        The task running the rest, or None if it already finished.
+    """
+    context = contextvars.copy_context()  # what the step sets stays its own
+    try:
+        pending = context.run(coro.send, None)
+    except StopIteration:
+        return None
+    return asyncio.get_running_loop().create_task(_rest(coro, pending), context=context)
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:
@@ -185,8 +243,8 @@ class Peer:
 
     Args:
         ws: an aiohttp WebSocket (client or server side), already open.
-        on_request: answers an incoming Request; must not raise (wrap the user's handler with
-            `call_request_handler`).
+        on_request: answers an incoming Request, with a Response or its encoded frame; must
+            not raise (wrap the user's handler with `call_request_handler`).
         on_event: handles an incoming Event; called for one event at a time, in order.
         max_in_flight: incoming requests being handled at once; more get 429 at once.
         label: how logs name this peer.
@@ -196,6 +254,8 @@ class Peer:
             how much waits in its write buffer.
         max_message_size: a frame over this many bytes (after decompression) closes the
             connection with 1009; None leaves the limit to the WebSocket alone.
+        inline: on Python 3.11, says of a request whether its first step may run inline
+            (`run_inline`): True only when nothing on its path looks at the current task.
         max_pending_events: events read and waiting for their handler, at most (at least 1).
             At the bound the reader stops reading until the handler has taken half of them:
             the sender is held back by TCP, nothing is dropped.
@@ -208,7 +268,7 @@ class Peer:
         self,
         ws: WebSocketLike,
         *,
-        on_request: Callable[[Request], Awaitable[Response]],
+        on_request: Callable[[Request], Awaitable[Response | bytes]],
         on_event: Callable[[Event], Awaitable[None]],
         max_in_flight: int = 1000,
         label: str = "peer",
@@ -217,8 +277,10 @@ class Peer:
         max_message_size: int | None = None,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
+        inline: Callable[[Request], bool] | None = None,
     ) -> None:
         self._ws = ws
+        self._inline = None if EAGER_TASKS else inline
         self._max_message_size = max_message_size
         self._transport = transport
         self._writable = transport if isinstance(transport, asyncio.WriteTransport) else None
@@ -539,7 +601,11 @@ class Peer:
                     )
                 )
                 return
-            task = start_task(self._answer(packet))
+            inline = self._inline
+            if inline is not None and inline(packet):
+                task = run_inline(self._answer(packet))
+            else:
+                task = start_task(self._answer(packet))
             if task is not None:
                 self.handling.add(task)
                 task.add_done_callback(self.handling.discard)
@@ -552,8 +618,9 @@ class Peer:
                 self._event_worker = asyncio.create_task(self._drain_events())
 
     async def _answer(self, request: Request) -> None:
-        response = await self._on_request(request)
-        data = encode_response(response)
+        answer = await self._on_request(request)
+        # Bytes: the answer already encoded (the server's at-most-once record keeps them).
+        data = answer if isinstance(answer, bytes) else encode_response(answer)
         # Counted until written: the reader pauses while too much waits (§4).
         size = len(data)
         self.unsent += size

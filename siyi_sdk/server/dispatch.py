@@ -11,6 +11,7 @@ at-most-once record, then the typed route or the catch-all handler. What the ser
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeAlias
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from ..api.command import Command, EventModel
 from ..packets import Event, Request, Response, StatusCode, format_validation_error
-from ..peer import call_event_handler, call_request_handler
+from ..peer import call_event_handler, call_request_handler, encode_response
 from ..pipeline import Chain, Middleware
 from .connection import Connection, ServerCall
 from .lifecycle import Lifecycle, ServerSettings
@@ -74,6 +75,7 @@ class Dispatcher:
         self.response_cache = response_cache
         self.lifecycle = lifecycle
         self.chain: Chain[ServerCall] = Chain()
+        self._plain: dict[Callable[..., Any], bool] = {}
         self.routes: dict[str, Route] = {}
         self.request_handler: ServerRequestHandler | None = None
         self.event_handlers: list[ServerEventHandler] = []
@@ -128,6 +130,40 @@ class Dispatcher:
         if answer.id != request.id:
             answer = answer.model_copy(update={"id": request.id})
         return answer
+
+    async def handle_frame(
+        self, connection: Connection, request: Request, transport: Transport
+    ) -> bytes:
+        """`handle`, answered as the frame to send: the transports' path.
+
+        With no middleware this is the flat path of DESIGN.md: the at-most-once record keeps
+        the bytes that are sent, and a repeat is answered with those bytes as they are.
+        """
+        if self.chain or self.lifecycle.stopping:
+            return encode_response(await self.handle(connection, request, transport))
+        return await self.response_cache.run_once_frame(
+            (connection.session, request.id), lambda: self.run(connection, request)
+        )
+
+    def can_inline(self, request: Request) -> bool:
+        """True when nothing on `request`'s path looks at the current task (3.11's fast path).
+
+        That is: no middleware, no handler deadline (`asyncio.timeout` needs the task), and a
+        handler that is a plain function (an ``async def`` one might ask for its task).
+        """
+        if self.chain or self.settings.handler_timeout is not None:
+            return False
+        route = self.routes.get(request.command)
+        handler = route.handler if route is not None else self.request_handler
+        if handler is None:
+            return True
+        plain = self._plain.get(handler)
+        if plain is None:
+            plain = self._plain[handler] = not (
+                inspect.iscoroutinefunction(handler)
+                or inspect.iscoroutinefunction(type(handler).__call__)
+            )
+        return plain
 
     async def _terminal(self, call: ServerCall) -> Response | None:
         packet = call.packet

@@ -114,8 +114,8 @@ class HttpEndpoints:
         if isinstance(packet, Request):
             # Ids are scoped by session only (§6): a caller without a key has a new session,
             # so two callers can never see each other's answers, whatever ids they pick.
-            answer = await self.dispatcher.handle(session, packet, "http")
-            return packet_answer(answer, 200, session)
+            frame = await self.dispatcher.handle_frame(session, packet, "http")
+            return packet_answer(frame, 200, session)
         if isinstance(packet, Event):
             await self.dispatcher.deliver(session, packet, "http")
         elif not session.resolve(packet):  # the answer to a request sent via /events

@@ -40,6 +40,16 @@ class ResponseCache(ABC):
         its time remembers that it ran: a repeat then gets 410 (`StatusCode.GONE`).
         """
 
+    async def run_once_frame(
+        self, key: CacheKey, compute: Callable[[], Awaitable[Response]]
+    ) -> bytes:
+        """`run_once`, answered as the encoded frame to send.
+
+        A cache that keeps answers encoded returns the very bytes it keeps (one encode per
+        Response, a repeat sent as it is); this default encodes what `run_once` returns.
+        """
+        return encode_response(await self.run_once(key, compute))
+
     @abstractmethod
     def __len__(self) -> int:
         """The number of entries held (running and finished)."""
@@ -186,3 +196,35 @@ class MemoryResponseCache(ResponseCache):
                 future.set_result(response)
         self._remember(skey, kept(encode_response(response)), self._clock())
         return response
+
+    async def run_once_frame(
+        self, key: CacheKey, compute: Callable[[], Awaitable[Response]]
+    ) -> bytes:
+        """See `ResponseCache.run_once_frame`: the kept bytes themselves, encoded once."""
+        if type(self).run_once is not MemoryResponseCache.run_once:
+            # A subclass that changes run_once (to observe it, say) sees every call.
+            return encode_response(await self.run_once(key, compute))
+        skey = self._key(key)
+        done = self._done
+        if done:
+            self._expire(self._clock())
+        frame = done.get(skey)
+        if frame:
+            return frame  # a repeat: the bytes sent the first time, as they are
+        if frame is not None or skey in self._running:
+            return encode_response(await self.run_once(key, compute))  # 410, or wait
+        self._running[skey] = None
+        try:
+            response = await compute()
+        except BaseException as exc:
+            for future in self._running.pop(skey) or ():
+                if not future.done():
+                    future.set_exception(SiyiError(f"the request was interrupted: {exc!r}"))
+            raise
+        for future in self._running.pop(skey) or ():
+            if not future.done():
+                future.set_result(response)
+        # One encode: kept as an exact-size copy (see `kept`) and sent as that same copy.
+        frame = kept(encode_response(response))
+        self._remember(skey, frame, self._clock())
+        return frame

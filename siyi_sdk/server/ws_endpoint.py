@@ -71,7 +71,7 @@ class WebSocketEndpoint:
             resumed,
             Peer(
                 ws,
-                on_request=lambda req: self.dispatcher.handle(session, req, "websocket"),
+                on_request=lambda req: self.dispatcher.handle_frame(session, req, "websocket"),
                 on_event=lambda event: self.dispatcher.deliver(session, event, "websocket"),
                 max_in_flight=settings.max_in_flight,
                 max_pending_events=settings.max_pending_events,
@@ -82,6 +82,7 @@ class WebSocketEndpoint:
                 ),
                 transport=request.transport,
                 max_message_size=settings.max_message_size,
+                inline=self.dispatcher.can_inline,
             ),
         )
         return ws
