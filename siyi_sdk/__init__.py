@@ -6,9 +6,9 @@ client never loads aiohttp's server side or Redis. The demo game's commands and 
 in `siyi_sdk.demo`.
 """
 
-import importlib
 import typing
 
+from ._lazy import lazy_names as _lazy_names
 from ._version import __version__
 from .adapters import (
     Adapter,
@@ -128,17 +128,6 @@ __all__ = [
 ]
 
 
+_getattr, __dir__ = _lazy_names(__name__, globals(), _LAZY, __all__)
 if not typing.TYPE_CHECKING:  # hidden from type checkers, so that a misspelt name stays an error
-
-    def __getattr__(name: str) -> typing.Any:
-        """Import a server name on first use; it is then a plain attribute of the package."""
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module, __name__), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    __getattr__ = _getattr  # a server name is imported on first use

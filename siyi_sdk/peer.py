@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_OUTBOX_BYTES",
     "DEFAULT_MAX_PENDING_EVENTS",
     "Peer",
+    "answer_to",
     "call_event_handler",
     "call_request_handler",
     "encode_response",
@@ -111,13 +112,24 @@ async def call_request_handler(
             f"internal error: the handler for {request.command!r} raised an exception",
             StatusCode.INTERNAL_ERROR,
         )
+    return answer_to(request, result, "the handler")
+
+
+def answer_to(request: Request, result: object, source: str) -> Response:
+    """`result` as the answer to `request`: its id set, or a 500 when it is no Response.
+
+    Args:
+        request: the Request answered.
+        result: what `source` (a handler, a middleware) answered with.
+        source: how the log and the 500's message name what answered.
+    """
     if not isinstance(result, Response):
         logger.error(
-            "handler for %r returned %s, not a Response", request.command, type(result).__name__
+            "%s for %r returned %s, not a Response", source, request.command, type(result).__name__
         )
         return Response.fail(
             request.id,
-            f"internal error: the handler for {request.command!r} returned no Response",
+            f"internal error: {source} for {request.command!r} returned no Response",
             StatusCode.INTERNAL_ERROR,
         )
     if result.id != request.id:

@@ -81,7 +81,7 @@ class Call:
     @property
     def is_request(self) -> bool:
         """True for a Request (answered by a Response), False for an Event."""
-        return type(self.packet) is Request or isinstance(self.packet, Request)
+        return isinstance(self.packet, Request)
 
     @property
     def name(self) -> str:

@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -19,7 +23,17 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.client import ClientConnection
 
-from siyi_sdk import Event, ProtocolClient, ProtocolServer
+from siyi_sdk import (
+    Adapter,
+    Event,
+    ProtocolClient,
+    ProtocolServer,
+    RequestPacket,
+    Response,
+    ResponsePacket,
+    encode,
+    parse_message,
+)
 from siyi_sdk.packets import SESSION_HEADER
 
 if TYPE_CHECKING:
@@ -271,3 +285,76 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_prefix(request: pytest.FixtureRequest) -> str:
     """A key prefix of this test's own, so tests sharing the redis-server never meet."""
     return f"t{abs(hash(request.node.nodeid)) % 10**8}-{uuid.uuid4().hex[:8]}"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# A server process and its memory ----------------------------------------------------------
+
+
+class Node:
+    """A server process (`tests.memory_node`) of the memory tests."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def rss(self) -> int:
+        """The process's resident memory, in bytes."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS line")
+
+
+NodeFactory = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def start_node() -> AsyncIterator[NodeFactory]:
+    """Start `tests.memory_node` processes with ProtocolServer options; killed at the end."""
+    nodes: list[Node] = []
+
+    async def factory(**options: Any) -> Node:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.memory_node",
+            json.dumps(options),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert process.stdout is not None
+        line = await wait_for(process.stdout.readline(), 20)
+        word, _, port = line.decode().partition(" ")
+        assert word == "ready", f"the server did not start: {line!r}"
+        node = Node(process, int(port))
+        nodes.append(node)
+        return node
+
+    try:
+        yield factory
+    finally:
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                node.process.send_signal(signal.SIGKILL)
+            await node.process.wait()
+
+
+class OneShotHttp(Adapter):
+    """A user's own adapter, whole: nothing but send_packet, no constructor of its own."""
+
+    url = ""
+
+    async def send_packet(self, packet: RequestPacket) -> ResponsePacket:
+        async with aiohttp.ClientSession() as http, http.post(self.url, data=encode(packet)) as r:
+            answer = parse_message(await r.read())
+        assert isinstance(answer, Response)
+        return answer

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
 
 from siyi_sdk import (
@@ -45,10 +44,16 @@ from siyi_sdk import (
     ResponsePacket,
     TransportError,
     WebSocketAdapter,
-    encode,
-    parse_message,
 )
-from tests.conftest import ClientFactory, Inbox, free_port, http_url, wait_until, ws_url
+from tests.conftest import (
+    ClientFactory,
+    Inbox,
+    OneShotHttp,
+    free_port,
+    http_url,
+    wait_until,
+    ws_url,
+)
 from tests.proxy import WAIT, Gate, TcpProxy, running_server, sleep_until_accepting, wait_for
 
 
@@ -432,18 +437,6 @@ async def test_an_event_carried_twice_passes_a_manager_chain_once() -> None:
 
 
 # 5. A user's own adapter -----------------------------------------------------------------------
-
-
-class OneShotHttp(Adapter):
-    """A user's adapter, whole: nothing but send_packet."""
-
-    url = ""
-
-    async def send_packet(self, packet: RequestPacket) -> ResponsePacket:
-        async with aiohttp.ClientSession() as http, http.post(self.url, data=encode(packet)) as r:
-            answer = parse_message(await r.read())
-        assert isinstance(answer, Response)
-        return answer
 
 
 async def test_a_users_minimal_adapter_has_a_chain(server: ProtocolServer) -> None:

@@ -34,23 +34,10 @@ from siyi_sdk import (
     TransportError,
     UnknownCommandError,
     WebSocketAdapter,
-    encode,
-    parse_message,
 )
 from siyi_sdk.demo import GameApi, GetPlayerList
-from tests.conftest import wait_until
+from tests.conftest import OneShotHttp, wait_until
 from tests.proxy import WAIT, Gate, running_server, wait_for
-
-
-# A user's own adapter, whole: nothing but send_packet, no constructor of its own.
-class OneShotHttp(Adapter):
-    url = ""
-
-    async def send_packet(self, packet: RequestPacket) -> ResponsePacket:
-        async with aiohttp.ClientSession() as http, http.post(self.url, data=encode(packet)) as r:
-            answer = parse_message(await r.read())
-        assert isinstance(answer, Response)
-        return answer
 
 
 class Named(MockAdapter):

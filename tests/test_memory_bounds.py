@@ -25,11 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +44,8 @@ from .conftest import (
     WAIT,
     ClientFactory,
     Inbox,
+    Node,
+    NodeFactory,
     ServerFactory,
     drop_raw,
     greeting_of,
@@ -55,70 +54,11 @@ from .conftest import (
     ws_url,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/status").exists(), reason="reads a process's RSS from /proc (Linux)"
 )
-
-
-# A server process and its memory ----------------------------------------------------------
-
-
-class Node:
-    """A `tests.memory_node` process."""
-
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
-        self.process = process
-        self.port = port
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def rss(self) -> int:
-        """The process's resident memory, in bytes."""
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS line")
-
-
-NodeFactory = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def start_node() -> AsyncIterator[NodeFactory]:
-    """Start `tests.memory_node` processes with ProtocolServer options; killed at the end."""
-    nodes: list[Node] = []
-
-    async def factory(**options: Any) -> Node:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.memory_node",
-            json.dumps(options),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert process.stdout is not None
-        line = await wait_for(process.stdout.readline(), 20)
-        word, _, port = line.decode().partition(" ")
-        assert word == "ready", f"the server did not start: {line!r}"
-        node = Node(process, int(port))
-        nodes.append(node)
-        return node
-
-    try:
-        yield factory
-    finally:
-        for node in nodes:
-            with contextlib.suppress(ProcessLookupError):
-                node.process.send_signal(signal.SIGKILL)
-            await node.process.wait()
 
 
 class Peak:

@@ -28,9 +28,9 @@ from siyi_sdk.server.sessions import MAX_SESSION_HEADER_BYTES, bounded_headers
 
 from .conftest import (
     WAIT,
+    NodeFactory,
     ServerFactory,
     drop_raw,
-    free_port,
     greeting_of,
     http_url,
     recv_frame,
@@ -321,31 +321,7 @@ async def test_provisional_sessions_make_room_before_any_full_session_ends() -> 
         assert {c.session for c in server.sessions} == {full, *opened[8:]}
 
 
-_SERVER = """
-import asyncio, sys
-from siyi_sdk import ProtocolServer
-
-async def main(port: int) -> None:
-    server = ProtocolServer(port=port, heartbeat_interval=None)
-
-    @server.command("echo")
-    def echo(connection, params):
-        return params
-
-    async with server:
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-asyncio.run(main(int(sys.argv[1])))
-"""
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+MiB = 1024 * 1024
 
 
 FLOOD = 20_000
@@ -354,55 +330,41 @@ FLOOD_RSS_BOUND_MIB = 48
 provisional sessions live at once, each a few hundred bytes of state and headers."""
 
 
-@contextlib.asynccontextmanager
-async def server_process() -> AsyncIterator[tuple[int, int]]:
-    """A ProtocolServer with an echo command in a process of its own: (its pid, its port)."""
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _SERVER, str(port), stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert process.stdout is not None
-        assert await wait_for(process.stdout.readline(), WAIT * 2) == b"ready\n"
-        yield process.pid, port
-    finally:
-        process.kill()
-        await process.wait()
-
-
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
 @linux_only
-async def test_a_flood_of_one_shot_posts_costs_bounded_memory_and_ends_no_full_session() -> None:
-    async with server_process() as (pid, port):
-        url = f"http://127.0.0.1:{port}/general"
-        connector = aiohttp.TCPConnector(limit=64)
-        async with aiohttp.ClientSession(connector=connector) as http:
+async def test_a_flood_of_one_shot_posts_costs_bounded_memory_and_ends_no_full_session(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    url = f"http://127.0.0.1:{node.port}/general"
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as http:
 
-            async def call(n: int, key: str | None = None) -> tuple[int, str | None]:
-                headers = {SESSION_HEADER: key} if key else {}
-                packet = {"id": "1", "type": "request", "command": "echo", "params": {"n": n}}
-                async with http.post(url, json=packet, headers=headers) as reply:
-                    await reply.read()
-                    return reply.status, reply.headers.get(SESSION_HEADER)
+        async def call(n: int, key: str | None = None) -> tuple[int, str | None]:
+            headers = {SESSION_HEADER: key} if key else {}
+            packet = {"id": "1", "type": "request", "command": "echo", "params": {"n": n}}
+            async with http.post(url, json=packet, headers=headers) as reply:
+                await reply.read()
+                return reply.status, reply.headers.get(SESSION_HEADER)
 
-            # A full session (its key presented again), then idle through the whole flood.
-            _, full = await call(-1)
-            assert await call(-2, full) == (200, full)
-            for _ in range(3):  # warm up the allocator and aiohttp's caches
-                await asyncio.gather(*(call(n) for n in range(500)))
-            before = rss_mib(pid)
-            peak = before
-            for start in range(0, FLOOD, 1000):
-                statuses = await asyncio.gather(*(call(n) for n in range(start, start + 1000)))
-                assert all(status == 200 for status, _ in statuses)
-                peak = max(peak, rss_mib(pid))
-            # The full session is still there: its key is answered as itself, not replaced.
-            assert await call(-3, full) == (200, full)
-        grown = peak - before
-        print(f"RSS {before:.1f} MiB -> peak {peak:.1f} MiB (+{grown:.1f}) over {FLOOD} POSTs")
-        assert grown < FLOOD_RSS_BOUND_MIB
+        # A full session (its key presented again), then idle through the whole flood.
+        _, full = await call(-1)
+        assert await call(-2, full) == (200, full)
+        for _ in range(3):  # warm up the allocator and aiohttp's caches
+            await asyncio.gather(*(call(n) for n in range(500)))
+        before = node.rss() / MiB
+        peak = before
+        for start in range(0, FLOOD, 1000):
+            statuses = await asyncio.gather(*(call(n) for n in range(start, start + 1000)))
+            assert all(status == 200 for status, _ in statuses)
+            peak = max(peak, node.rss() / MiB)
+        # The full session is still there: its key is answered as itself, not replaced.
+        assert await call(-3, full) == (200, full)
+    grown = peak - before
+    print(f"RSS {before:.1f} MiB -> peak {peak:.1f} MiB (+{grown:.1f}) over {FLOOD} POSTs")
+    assert grown < FLOOD_RSS_BOUND_MIB
 
 
 HEADER_SESSIONS = 300
@@ -412,28 +374,28 @@ keeps at most 8 KiB of them (2.4 MiB in all; without the bound they would hold 1
 
 
 @linux_only
-async def test_a_session_keeps_at_most_8_kib_of_its_headers() -> None:
+async def test_a_session_keeps_at_most_8_kib_of_its_headers(start_node: NodeFactory) -> None:
     big = {f"X-Pad-{n}": "x" * 8000 for n in range(60)}
-    async with server_process() as (pid, port):
-        url = f"http://127.0.0.1:{port}/general"
-        packet = {"id": "1", "type": "request", "command": "echo", "params": {}}
-        async with aiohttp.ClientSession() as http:
-            for _ in range(20):  # warm up
-                async with http.post(url, json=packet) as reply:
-                    assert reply.status == 200
-            before = rss_mib(pid)
-            keys = []
-            for _ in range(HEADER_SESSIONS):
-                async with http.post(url, json=packet, headers=big) as reply:
-                    assert reply.status == 200
-                    keys.append(reply.headers[SESSION_HEADER])
-            grown = rss_mib(pid) - before
-            # Every session is alive (their keys are answered as themselves).
-            for key in keys[:5]:
-                async with http.post(url, json=packet, headers={SESSION_HEADER: key}) as reply:
-                    assert reply.headers[SESSION_HEADER] == key
-        print(f"RSS +{grown:.1f} MiB for {HEADER_SESSIONS} sessions with large headers")
-        assert grown < HEADERS_RSS_BOUND_MIB
+    node = await start_node()
+    url = f"http://127.0.0.1:{node.port}/general"
+    packet = {"id": "1", "type": "request", "command": "echo", "params": {}}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(20):  # warm up
+            async with http.post(url, json=packet) as reply:
+                assert reply.status == 200
+        before = node.rss() / MiB
+        keys = []
+        for _ in range(HEADER_SESSIONS):
+            async with http.post(url, json=packet, headers=big) as reply:
+                assert reply.status == 200
+                keys.append(reply.headers[SESSION_HEADER])
+        grown = node.rss() / MiB - before
+        # Every session is alive (their keys are answered as themselves).
+        for key in keys[:5]:
+            async with http.post(url, json=packet, headers={SESSION_HEADER: key}) as reply:
+                assert reply.headers[SESSION_HEADER] == key
+    print(f"RSS +{grown:.1f} MiB for {HEADER_SESSIONS} sessions with large headers")
+    assert grown < HEADERS_RSS_BOUND_MIB
 
 
 async def test_bounded_headers_keep_what_fits_in_order() -> None:

@@ -6,9 +6,9 @@ first use, so that a server without Redis never loads its module.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_names as _lazy_names
 from .app import ProtocolServer
 from .backplane import Backplane, MemoryBackplane
 from .connection import Connection, ServerCall
@@ -54,17 +54,6 @@ __all__ = [
 ]
 
 
+_getattr, __dir__ = _lazy_names(__name__, globals(), _LAZY, __all__)
 if not TYPE_CHECKING:  # hidden from type checkers, so that a misspelt name stays an error
-
-    def __getattr__(name: str) -> Any:
-        """Import a Redis name on first use; it is then a plain attribute of the package."""
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module, __name__), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    __getattr__ = _getattr  # a Redis name is imported on first use

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from ..api.command import Command, EventModel
 from ..packets import Event, Request, Response, StatusCode, format_validation_error
-from ..peer import call_event_handler, call_request_handler, encode_response
+from ..peer import answer_to, call_event_handler, call_request_handler, encode_response
 from ..pipeline import Chain, Middleware
 from .connection import Connection, ServerCall
 from .lifecycle import Lifecycle, ServerSettings
@@ -117,19 +117,7 @@ class Dispatcher:
         if not self.chain:
             return await self._once(connection, request, None)
         call = ServerCall(request, "in", connection, transport)
-        answer = await self.chain.run(call, self._terminal)
-        if not isinstance(answer, Response):
-            logger.error(
-                "a middleware answered %r with %r, not a Response", request.command, answer
-            )
-            return Response.fail(
-                request.id,
-                f"internal error: no Response for {request.command!r}",
-                StatusCode.INTERNAL_ERROR,
-            )
-        if answer.id != request.id:
-            answer = answer.model_copy(update={"id": request.id})
-        return answer
+        return answer_to(request, await self.chain.run(call, self._terminal), "a middleware")
 
     async def handle_frame(
         self, connection: Connection, request: Request, transport: Transport

@@ -65,17 +65,7 @@ class Serving:
         await self._stopped.wait()
 
     def attach(self, app: web.Application, prefix: str = "") -> None:
-        """Serve this server's routes from `app`, under `prefix`, with `app`'s lifecycle.
-
-        The routes (WebSocket, ``/general``, ``/events``, ``/about``, uploads) are added
-        under `prefix`; the backplane, the session sweeper and the upload sweeper start
-        with `app` (its ``cleanup_ctx``) and stop with it, closing every WebSocket with 1001.
-        So ``web.run_app(app)`` or an `AppRunner` of your own is all it takes.
-
-        Args:
-            app: the application, not yet started.
-            prefix: a path prefix such as ``"/siyi"`` (``""``: at the root).
-        """
+        """See `ProtocolServer.attach`."""
         prefix = prefix.rstrip("/")
         settings = self.settings
         ws_path = prefix + settings.path
@@ -163,11 +153,7 @@ class Serving:
         return self._serving and not self.lifecycle.stopping
 
     async def start_serving(self) -> None:
-        """Bind and serve in the background; returns once the port is open.
-
-        Raises:
-            OSError: the address cannot be bound.
-        """
+        """See `ProtocolServer.start_serving`."""
         if self._runner is not None:
             return
         runner = web.AppRunner(
@@ -187,12 +173,7 @@ class Serving:
         logger.info("serving on %s://%s:%d%s", scheme, self.host, self.port, self.settings.path)
 
     async def stop(self) -> None:
-        """Stop gracefully. Idempotent.
-
-        The port stops listening; running handlers get `shutdown_timeout` seconds to finish
-        and send their Responses (new requests are answered 503); then every WebSocket is
-        closed with 1001 (going away) and the sessions end.
-        """
+        """See `ProtocolServer.stop`."""
         if self._runner is None:
             return
         if self._stopping_task is None:

@@ -48,8 +48,7 @@ def bounded_headers(
     """
     kept: CIMultiDict[str] = CIMultiDict()
     room = limit
-    items = headers.items()
-    for name, value in items:
+    for name, value in headers.items():
         size = len(name) + len(value)
         if size <= room:
             kept.add(name, value)

@@ -181,6 +181,16 @@ class MemoryResponseCache(ResponseCache):
                 waiting = self._running[skey] = []
             waiting.append(future)
             return await future
+        return (await self._first_run(skey, compute))[0]
+
+    async def _first_run(
+        self, skey: str, compute: Callable[[], Awaitable[Response]]
+    ) -> tuple[Response, bytes]:
+        """Run `compute` for a key never seen; hand its Response to waiting repeats; keep it.
+
+        Returns:
+            The Response and the frame kept for it (encoded once, as an exact-size copy).
+        """
         self._running[skey] = None
         try:
             response = await compute()
@@ -194,8 +204,9 @@ class MemoryResponseCache(ResponseCache):
         for future in self._running.pop(skey) or ():
             if not future.done():
                 future.set_result(response)
-        self._remember(skey, kept(encode_response(response)), self._clock())
-        return response
+        frame = kept(encode_response(response))
+        self._remember(skey, frame, self._clock())
+        return response, frame
 
     async def run_once_frame(
         self, key: CacheKey, compute: Callable[[], Awaitable[Response]]
@@ -213,18 +224,5 @@ class MemoryResponseCache(ResponseCache):
             return frame  # a repeat: the bytes sent the first time, as they are
         if frame is not None or skey in self._running:
             return encode_response(await self.run_once(key, compute))  # 410, or wait
-        self._running[skey] = None
-        try:
-            response = await compute()
-        except BaseException as exc:
-            for future in self._running.pop(skey) or ():
-                if not future.done():
-                    future.set_exception(SiyiError(f"the request was interrupted: {exc!r}"))
-            raise
-        for future in self._running.pop(skey) or ():
-            if not future.done():
-                future.set_result(response)
-        # One encode: kept as an exact-size copy (see `kept`) and sent as that same copy.
-        frame = kept(encode_response(response))
-        self._remember(skey, frame, self._clock())
-        return frame
+        # One encode: the frame kept is the frame sent.
+        return (await self._first_run(skey, compute))[1]
