@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -358,3 +359,47 @@ class OneShotHttp(Adapter):
             answer = parse_message(await r.read())
         assert isinstance(answer, Response)
         return answer
+
+
+class Bystander:
+    """A second client that keeps asking the server during an attack, timing each answer."""
+
+    def __init__(self, client: ProtocolClient) -> None:
+        self.client = client
+        self.latencies: list[float] = []
+
+    async def call(self, command: str, params: dict[str, Any] | None = None) -> Any:
+        started = time.perf_counter()
+        response = await self.client.send_request(command, params, timeout=WAIT)
+        self.latencies.append(time.perf_counter() - started)
+        assert response.ok, response
+        return response.data
+
+    async def keep_asking(self) -> None:
+        while True:
+            assert await self.call("ping") == "pong"
+            await asyncio.sleep(0.05)  # the pace of its questions
+
+    def check(self) -> None:
+        """It got answers all along, each within a second."""
+        assert len(self.latencies) >= 3
+        assert max(self.latencies) < 1.0, f"slowest answer {max(self.latencies):.2f} s"
+
+
+@contextlib.asynccontextmanager
+async def bystander(node: Node) -> AsyncIterator[Bystander]:
+    async with ProtocolClient(node.url, request_timeout=WAIT) as client:
+        yield Bystander(client)
+
+
+@contextlib.asynccontextmanager
+async def asking(who: Bystander) -> AsyncIterator[None]:
+    task = asyncio.create_task(who.keep_asking())
+    try:
+        yield
+    finally:
+        if task.done():
+            task.result()  # a failed question fails the test
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -34,7 +34,7 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from siyi_sdk import GoneError, ProtocolClient, Response, StatusCode
+from siyi_sdk import GoneError, Response, StatusCode
 from siyi_sdk.errors import error_for_response
 from siyi_sdk.packets import SESSION_HEADER
 from siyi_sdk.peer import DEFAULT_MAX_PENDING_EVENTS
@@ -47,6 +47,8 @@ from .conftest import (
     Node,
     NodeFactory,
     ServerFactory,
+    asking,
+    bystander,
     drop_raw,
     greeting_of,
     wait_for,
@@ -94,50 +96,6 @@ async def rss_peak(node: Node) -> AsyncIterator[Peak]:
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
         peak.sample()
-
-
-class Bystander:
-    """A second client that keeps asking the server during an attack, timing each answer."""
-
-    def __init__(self, client: ProtocolClient) -> None:
-        self.client = client
-        self.latencies: list[float] = []
-
-    async def call(self, command: str, params: dict[str, Any] | None = None) -> Any:
-        started = time.perf_counter()
-        response = await self.client.send_request(command, params, timeout=WAIT)
-        self.latencies.append(time.perf_counter() - started)
-        assert response.ok, response
-        return response.data
-
-    async def keep_asking(self) -> None:
-        while True:
-            assert await self.call("ping") == "pong"
-            await asyncio.sleep(0.05)  # the pace of its questions
-
-    def check(self) -> None:
-        """It got answers all along, each within a second."""
-        assert len(self.latencies) >= 3
-        assert max(self.latencies) < 1.0, f"slowest answer {max(self.latencies):.2f} s"
-
-
-@contextlib.asynccontextmanager
-async def bystander(node: Node) -> AsyncIterator[Bystander]:
-    async with ProtocolClient(node.url, request_timeout=WAIT) as client:
-        yield Bystander(client)
-
-
-@contextlib.asynccontextmanager
-async def asking(who: Bystander) -> AsyncIterator[None]:
-    task = asyncio.create_task(who.keep_asking())
-    try:
-        yield
-    finally:
-        if task.done():
-            task.result()  # a failed question fails the test
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def held_back(progress: Callable[[], int], total: int, quiet: float = 0.5) -> int:
