@@ -3,7 +3,7 @@
 A `Peer` owns the id -> Future map of requests in flight, reads frames, answers bad ones
 (PROTOCOL.md §4), runs each incoming request in its own task (bounded per connection), runs
 events one at a time in order (§6), and fails every waiting request at once when the connection
-drops. `call_request_handler` is the one place a handler's outcome becomes a Response.
+drops. How a handler's outcome becomes an answer is `outcome`'s.
 
 Bounded memory (§4): the reader stops reading while too many events wait for their handler or
 while too many bytes wait to be written to the other side, so a peer that sends faster than it
@@ -13,33 +13,26 @@ is served, or does not read, is held back by TCP instead of filling this process
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import inspect
 import logging
-import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType
 
 from .errors import (
-    ApiError,
     ConnectionClosedError,
     NotConnectedError,
     ProtocolError,
     RequestTimeoutError,
 )
+from .outcome import encode_response, start_task
 from .packets import Event, Packet, Request, Response, StatusCode, encode, parse_message
 
 __all__ = [
     "DEFAULT_MAX_OUTBOX_BYTES",
     "DEFAULT_MAX_PENDING_EVENTS",
     "Peer",
-    "answer_to",
-    "call_event_handler",
-    "call_request_handler",
-    "encode_response",
 ]
 
 DEFAULT_MAX_PENDING_EVENTS = 1000
@@ -81,149 +74,6 @@ class WebSocketLike(Protocol):
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
 
 
-async def call_request_handler(
-    handler: Callable[..., Any], args: tuple[Any, ...], request: Request
-) -> Response:
-    """Run a request handler and turn whatever happens into a Response.
-
-    The handler may be sync or async and must return a Response. An `ApiError` it raises
-    becomes an error Response with that code; any other exception, or a return value that is
-    not a Response, is a programming error: 500 to the peer (no traceback leaks), a logged
-    traceback here.
-
-    Args:
-        handler: the user's handler.
-        args: the arguments to call it with.
-        request: the Request being answered.
-
-    Returns:
-        The Response to send, with the request's id.
-    """
-    try:
-        result = handler(*args)
-        if inspect.isawaitable(result):
-            result = await result
-    except ApiError as exc:
-        return Response.fail(request.id, exc.message, exc.code or StatusCode.FAILED)
-    except Exception:
-        logger.exception("handler for %r raised", request.command)
-        return Response.fail(
-            request.id,
-            f"internal error: the handler for {request.command!r} raised an exception",
-            StatusCode.INTERNAL_ERROR,
-        )
-    return answer_to(request, result, "the handler")
-
-
-def answer_to(request: Request, result: object, source: str) -> Response:
-    """`result` as the answer to `request`: its id set, or a 500 when it is no Response.
-
-    Args:
-        request: the Request answered.
-        result: what `source` (a handler, a middleware) answered with.
-        source: how the log and the 500's message name what answered.
-    """
-    if not isinstance(result, Response):
-        logger.error(
-            "%s for %r returned %s, not a Response", source, request.command, type(result).__name__
-        )
-        return Response.fail(
-            request.id,
-            f"internal error: {source} for {request.command!r} returned no Response",
-            StatusCode.INTERNAL_ERROR,
-        )
-    if result.id != request.id:
-        # A Response answers exactly one request: never let a handler mislabel it.
-        result = result.model_copy(update={"id": request.id})
-    return result
-
-
-async def call_event_handler(handler: Callable[..., Any], args: tuple[Any, ...], name: str) -> None:
-    """Run an event handler (sync or async); an exception is logged, never propagated."""
-    try:
-        result = handler(*args)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        logger.exception("handler for event %r raised", name)
-
-
-def start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
-    """Start a request's task; on Python 3.12+ its first step runs at once (eager start).
-
-    Most handlers answer without ever waiting; an eagerly started task then finishes before
-    this returns and costs no trip through the event loop. The task is real either way, so
-    `asyncio.current_task()` (used by `asyncio.timeout`, the handler deadline, client
-    libraries) is right. Python 3.11 has no eager start: there the task runs on the next turn.
-
-    Returns:
-        The task, or None if it already finished.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.Task(coro, loop=loop, **_EAGER)
-    return None if task.done() else task
-
-
-_EAGER: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
-EAGER_TASKS: Final = bool(_EAGER)
-"""True where request tasks start eagerly (Python 3.12+)."""
-
-
-def _drive(coro: Coroutine[Any, Any, None], pending: Any) -> Generator[Any, None, None]:
-    """Go on running `coro`, which yielded `pending` in its first step run by `run_inline`.
-
-    Each value `coro` yields is handed to the task that awaits this, as if the task had
-    started `coro` itself, and what the task sends or throws in goes on to `coro`.
-    """
-    while True:
-        try:
-            yield pending
-        except BaseException as exc:  # cancellation (or anything) thrown into the task
-            try:
-                pending = coro.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                pending = coro.send(None)
-            except StopIteration:
-                return
-
-
-class _Rest:
-    __slots__ = ("coro", "pending")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], pending: Any) -> None:
-        self.coro = coro
-        self.pending = pending
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return _drive(self.coro, self.pending)
-
-
-async def _rest(coro: Coroutine[Any, Any, None], pending: Any) -> None:
-    await _Rest(coro, pending)
-
-
-def run_inline(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
-    """Run the first step of `coro` now, in a context of its own; a task for the rest.
-
-    Python 3.11's stand-in for an eager task, for a request whose handler is known not to
-    look at `asyncio.current_task()` (a plain function, no handler deadline, no middleware):
-    most finish in that first step and cost no task and no trip through the event loop. One
-    that waits (its answer's write waits for the socket to drain) goes on in a task.
-
-    Returns:
-        The task running the rest, or None if it already finished.
-    """
-    context = contextvars.copy_context()  # what the step sets stays its own
-    try:
-        pending = context.run(coro.send, None)
-    except StopIteration:
-        return None
-    return asyncio.get_running_loop().create_task(_rest(coro, pending), context=context)
-
-
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
         logger.debug("closing a WebSocket failed: %r", exc)  # it is closed either way
@@ -235,28 +85,15 @@ def _over(data: str | bytes, limit: int) -> bool:
     return size > limit
 
 
-def encode_response(response: Response) -> bytes:
-    """Encode a Response; data that is not JSON-serialisable becomes a 500 (logged)."""
-    try:
-        return encode(response)
-    except TypeError:
-        logger.exception("the result for request %r is not JSON-serialisable", response.id)
-        return encode(
-            Response.fail(
-                response.id,
-                "internal error: the result is not JSON-serialisable",
-                StatusCode.INTERNAL_ERROR,
-            )
-        )
-
-
 class Peer:
     """One live WebSocket: request matching, dispatch of incoming packets, ordered event handling.
 
     Args:
         ws: an aiohttp WebSocket (client or server side), already open.
-        on_request: answers an incoming Request, with a Response or its encoded frame; must
-            not raise (wrap the user's handler with `call_request_handler`).
+        on_request: answers an incoming Request: the frame to send when it is answered at
+            once (the server's flat path, PROTOCOL.md's rules kept by the caller), else an
+            awaitable of the Response or its frame, run in a task of its own. Must not raise
+            (wrap the user's handler with `call_request_handler`).
         on_event: handles an incoming Event; called for one event at a time, in order.
         max_in_flight: incoming requests being handled at once; more get 429 at once.
         label: how logs name this peer.
@@ -266,8 +103,6 @@ class Peer:
             how much waits in its write buffer.
         max_message_size: a frame over this many bytes (after decompression) closes the
             connection with 1009; None leaves the limit to the WebSocket alone.
-        inline: on Python 3.11, says of a request whether its first step may run inline
-            (`run_inline`): True only when nothing on its path looks at the current task.
         max_pending_events: events read and waiting for their handler, at most (at least 1).
             At the bound the reader stops reading until the handler has taken half of them:
             the sender is held back by TCP, nothing is dropped.
@@ -280,7 +115,7 @@ class Peer:
         self,
         ws: WebSocketLike,
         *,
-        on_request: Callable[[Request], Awaitable[Response | bytes]],
+        on_request: Callable[[Request], bytes | Awaitable[Response | bytes]],
         on_event: Callable[[Event], Awaitable[None]],
         max_in_flight: int = 1000,
         label: str = "peer",
@@ -289,10 +124,8 @@ class Peer:
         max_message_size: int | None = None,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
-        inline: Callable[[Request], bool] | None = None,
     ) -> None:
         self._ws = ws
-        self._inline = None if EAGER_TASKS else inline
         self._max_message_size = max_message_size
         self._transport = transport
         self._writable = transport if isinstance(transport, asyncio.WriteTransport) else None
@@ -613,11 +446,18 @@ class Peer:
                     )
                 )
                 return
-            inline = self._inline
-            if inline is not None and inline(packet):
-                task = run_inline(self._answer(packet))
-            else:
-                task = start_task(self._answer(packet))
+            answer = self._on_request(packet)
+            if type(answer) is bytes:
+                # Answered at once: written here, as a raw echo server would, with no task and
+                # no trip through the event loop (a full socket buffer holds the reader back).
+                if not self.closed:
+                    try:
+                        await self._ws.send_frame(answer, _TEXT)
+                    except ConnectionError:
+                        logger.debug("%s: an answer was lost: the connection dropped", self.label)
+                return
+            assert not isinstance(answer, bytes)
+            task = start_task(self._answer(answer))
             if task is not None:
                 self.handling.add(task)
                 task.add_done_callback(self.handling.discard)
@@ -629,8 +469,8 @@ class Peer:
             if self._event_worker is None:
                 self._event_worker = asyncio.create_task(self._drain_events())
 
-    async def _answer(self, request: Request) -> None:
-        answer = await self._on_request(request)
+    async def _answer(self, pending: Awaitable[Response | bytes]) -> None:
+        answer = await pending
         # Bytes: the answer already encoded (the server's at-most-once record keeps them).
         data = answer if isinstance(answer, bytes) else encode_response(answer)
         # Counted until written: the reader pauses while too much waits (§4).

@@ -63,42 +63,88 @@ async def test_plain_handlers_answer_inline_and_async_ones_still_work() -> None:
         assert (await recv_frame(ws))["data"] is True
 
 
-async def test_run_inline_hands_a_step_that_waits_to_a_task() -> None:
+async def test_the_flat_path_keeps_at_most_once_and_the_error_mapping() -> None:
+    """A plain handler answers inline; a repeat, a raise, bad params, a non-JSON result, and a
+    plain function returning an awaitable each get the answer of the full path."""
     import asyncio
+    import json
 
-    from siyi_sdk.peer import run_inline
+    from pydantic import BaseModel
+    from websockets.asyncio.client import connect
 
-    steps: list[str] = []
-    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    from siyi_sdk import ApiError, Command, Connection, ProtocolServer
 
-    async def quick() -> None:
-        steps.append("quick")
+    from .conftest import greeting_of, recv_frame
 
-    async def slow() -> None:
-        steps.append("first step")
-        try:
-            await gate
-            steps.append("resumed")
-            await asyncio.sleep(0)
-            steps.append("done")
-        finally:
-            steps.append("finally")
+    class Add(Command[int]):
+        a: int
+        b: int
 
-    assert run_inline(quick()) is None  # finished in its first step: no task
-    task = run_inline(slow())
-    assert task is not None
-    assert steps == ["quick", "first step"]
-    gate.set_result(None)
-    await task
-    assert steps[2:] == ["resumed", "done", "finally"]
+    runs: list[str] = []
+    gate = asyncio.Event()
+    server = ProtocolServer(port=0, heartbeat_interval=None)
 
-    steps.clear()
-    gate = asyncio.get_running_loop().create_future()
-    task = run_inline(slow())
-    assert task is not None
-    await asyncio.sleep(0)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    assert steps == ["first step", "finally"]
-    assert task.cancelled()
+    @server.command(Add)
+    def add(connection: Connection, params: Add) -> int:
+        runs.append("add")
+        return params.a + params.b
+
+    @server.command("fails")
+    def fails(connection: Connection, params: dict[str, object]) -> None:
+        raise ApiError("no such world", code=1004)
+
+    @server.command("crashes")
+    def crashes(connection: Connection, params: dict[str, object]) -> None:
+        raise RuntimeError("secret detail")
+
+    @server.command("odd")
+    def odd(connection: Connection, params: dict[str, object]) -> object:
+        return object()
+
+    class Thing(BaseModel):
+        x: int
+
+    @server.command("model")
+    def model(connection: Connection, params: dict[str, object]) -> Thing:
+        return Thing(x=1)
+
+    async def later() -> str:
+        runs.append("later")
+        await gate.wait()
+        return "late"
+
+    server.command("lazy")(lambda connection, params: later())
+
+    async with server, connect(f"ws://127.0.0.1:{server.port}") as ws:
+        await greeting_of(ws)
+
+        async def ask(rid: str, command: str, params: object = None) -> dict[str, object]:
+            packet = {"id": rid, "type": "request", "command": command, "params": params}
+            await ws.send(json.dumps(packet))
+            return await recv_frame(ws)
+
+        assert (await ask("a", "add", {"a": 1, "b": 2}))["data"] == 3
+        assert (await ask("a", "add", {"a": 5, "b": 5}))["data"] == 3  # a repeat: not run
+        assert runs == ["add"]
+        bad = await ask("b", "add", {"a": "x"})
+        assert bad["code"] == 400 and "invalid params" in str(bad["error"])
+        assert (await ask("c", "fails")) | {"id": "c"} == {
+            "id": "c",
+            "type": "response",
+            "status": "error",
+            "code": 1004,
+            "error": "no such world",
+        }
+        crashed = await ask("d", "crashes")
+        assert crashed["code"] == 500 and "secret" not in str(crashed["error"])
+        assert (await ask("e", "odd"))["code"] == 500
+        assert (await ask("f", "model"))["data"] == {"x": 1}
+        # A plain function returning an awaitable: answered when it completes, and a repeat
+        # sent meanwhile waits for that one run.
+        await ws.send(json.dumps({"id": "g", "type": "request", "command": "lazy"}))
+        await ws.send(json.dumps({"id": "g", "type": "request", "command": "lazy"}))
+        await asyncio.sleep(0.05)
+        gate.set()
+        first, second = await recv_frame(ws), await recv_frame(ws)
+        assert first["data"] == second["data"] == "late"
+        assert runs.count("later") == 1

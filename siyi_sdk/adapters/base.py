@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Literal, Self, TypeAlias
 
 from ..errors import ProtocolVersionError, TransportError
+from ..outcome import call_event_handler, call_request_handler
 from ..packets import (
     PROTOCOL_VERSION,
     SESSION_HEADER,
@@ -27,7 +28,6 @@ from ..packets import (
     ResponsePacket,
     StatusCode,
 )
-from ..peer import call_event_handler, call_request_handler
 from ..pipeline import Chain, ClientCall, Middleware
 from ..wire import UPLOAD_PATH, FileInfo
 from .middleware import current_call, forward_event, forward_request, incoming_call, install_chain

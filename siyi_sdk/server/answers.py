@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..outcome import encode_response
 from ..packets import SESSION_HEADER, Response, encode
-from ..peer import encode_response
 from .connection import Connection
 
 __all__ = ["JSON", "packet_answer", "refusal"]

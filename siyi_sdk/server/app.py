@@ -20,8 +20,9 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from ..outcome import call_event_handler
 from ..packets import Request, Response
-from ..peer import DEFAULT_MAX_OUTBOX_BYTES, DEFAULT_MAX_PENDING_EVENTS, call_event_handler
+from ..peer import DEFAULT_MAX_OUTBOX_BYTES, DEFAULT_MAX_PENDING_EVENTS
 from ..wire import DEFAULT_MAX_MESSAGE_SIZE
 from .auth import Authenticate, Gate
 from .backplane import Backplane, MemoryBackplane

@@ -11,6 +11,7 @@ at-most-once record, then the typed route or the catch-all handler. What the ser
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,15 @@ from typing import Any, Literal, TypeAlias
 from pydantic import ValidationError
 
 from ..api.command import Command, EventModel
+from ..outcome import (
+    answer_to,
+    call_event_handler,
+    call_request_handler,
+    encode_response,
+    encode_result,
+    failure,
+)
 from ..packets import Event, Request, Response, StatusCode, format_validation_error
-from ..peer import answer_to, call_event_handler, call_request_handler, encode_response
 from ..pipeline import Chain, Middleware
 from .connection import Connection, ServerCall
 from .lifecycle import Lifecycle, ServerSettings
@@ -75,7 +83,6 @@ class Dispatcher:
         self.response_cache = response_cache
         self.lifecycle = lifecycle
         self.chain: Chain[ServerCall] = Chain()
-        self._plain: dict[Callable[..., Any], bool] = {}
         self.routes: dict[str, Route] = {}
         self.request_handler: ServerRequestHandler | None = None
         self.event_handlers: list[ServerEventHandler] = []
@@ -119,6 +126,48 @@ class Dispatcher:
         call = ServerCall(request, "in", connection, transport)
         return answer_to(request, await self.chain.run(call, self._terminal), "a middleware")
 
+    def answer(
+        self, connection: Connection, request: Request, transport: Transport
+    ) -> bytes | Awaitable[bytes]:
+        """`handle_frame`, answered at once when nothing on the request's path must wait.
+
+        The flat path of DESIGN.md: with no middleware, while the server runs, a command whose
+        handler is a plain function is looked up in the at-most-once record, run, encoded
+        (no Response model for an ok answer) and recorded, all in this call, which returns the
+        frame to send. It runs in a context of its own, so context variables it sets stay its
+        own, as in a task. Anything else returns `handle_frame`'s coroutine, for a task.
+        """
+        if not self.chain and not self.lifecycle.stopping:
+            route = self.routes.get(request.command)
+            if route is not None and route.plain:
+                out = self.response_cache.answer_now(
+                    (connection.session, request.id), self._run_plain, route, connection, request
+                )
+                if out is not None:
+                    return out
+        return self.handle_frame(connection, request, transport)
+
+    def _run_plain(
+        self, route: Route, connection: Connection, request: Request
+    ) -> bytes | Awaitable[Response]:
+        try:
+            result = contextvars.copy_context().run(route.invoke, connection, request)
+        except Exception as exc:
+            return encode_response(failure(request, exc))
+        if inspect.isawaitable(result):  # a plain function that returned an awaitable
+            return self._within_deadline(request, self._settle(request, result))
+        return encode_result(request, result)
+
+    @staticmethod
+    async def _settle(request: Request, pending: Awaitable[Any]) -> Response:
+        try:
+            result = await pending
+        except Exception as exc:
+            return failure(request, exc)
+        if not isinstance(result, Response):
+            return Response.success(request.id, result)
+        return answer_to(request, result, "the handler")
+
     async def handle_frame(
         self, connection: Connection, request: Request, transport: Transport
     ) -> bytes:
@@ -132,26 +181,6 @@ class Dispatcher:
         return await self.response_cache.run_once_frame(
             (connection.session, request.id), lambda: self.run(connection, request)
         )
-
-    def can_inline(self, request: Request) -> bool:
-        """True when nothing on `request`'s path looks at the current task (3.11's fast path).
-
-        That is: no middleware, no handler deadline (`asyncio.timeout` needs the task), and a
-        handler that is a plain function (an ``async def`` one might ask for its task).
-        """
-        if self.chain or self.settings.handler_timeout is not None:
-            return False
-        route = self.routes.get(request.command)
-        handler = route.handler if route is not None else self.request_handler
-        if handler is None:
-            return True
-        plain = self._plain.get(handler)
-        if plain is None:
-            plain = self._plain[handler] = not (
-                inspect.iscoroutinefunction(handler)
-                or inspect.iscoroutinefunction(type(handler).__call__)
-            )
-        return plain
 
     async def _terminal(self, call: ServerCall) -> Response | None:
         packet = call.packet
@@ -190,12 +219,18 @@ class Dispatcher:
             return Response.fail(
                 request.id, f"unknown command: {request.command!r}", StatusCode.UNKNOWN_COMMAND
             )
+        return await self._within_deadline(
+            request, call_request_handler(handler, (connection, request), request)
+        )
+
+    async def _within_deadline(self, request: Request, answer: Awaitable[Response]) -> Response:
+        """`answer`, cancelled at the handler's deadline and answered 408 then."""
         timeout = self.settings.handler_timeout
         if timeout is None:
-            return await call_request_handler(handler, (connection, request), request)
+            return await answer
         try:
             async with asyncio.timeout(timeout):
-                return await call_request_handler(handler, (connection, request), request)
+                return await answer
         except TimeoutError:
             return Response.fail(
                 request.id,

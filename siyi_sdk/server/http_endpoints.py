@@ -114,7 +114,8 @@ class HttpEndpoints:
         if isinstance(packet, Request):
             # Ids are scoped by session only (§6): a caller without a key has a new session,
             # so two callers can never see each other's answers, whatever ids they pick.
-            frame = await self.dispatcher.handle_frame(session, packet, "http")
+            answer = self.dispatcher.answer(session, packet, "http")
+            frame = answer if isinstance(answer, bytes) else await answer
             return packet_answer(frame, 200, session)
         if isinstance(packet, Event):
             await self.dispatcher.deliver(session, packet, "http")

@@ -55,8 +55,9 @@ from ..errors import (
     RequestTimeoutError,
     SiyiError,
 )
+from ..outcome import encode_response
 from ..packets import TAKEN_OVER, Response, StatusCode, kept, new_id, parse_message
-from ..peer import Peer, encode_response
+from ..peer import Peer
 from ..retry import backoff
 from .backplane import Backplane
 from .connection import Connection

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,7 +13,7 @@ from ..api.command import Command
 from ..packets import Request, Response, StatusCode, format_validation_error
 from .connection import Connection
 
-__all__ = ["Route"]
+__all__ = ["Route", "is_async"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,8 @@ class Route:
     name: str
     handler: Callable[..., Any]
     command: type[Command[Any]] | None = None
+    plain: bool = field(init=False)
+    """True when the handler is a plain function (not ``async def``): it may run inline."""
 
     def describe(self) -> dict[str, Any]:
         """What `/about` lists for this route."""
@@ -36,8 +38,16 @@ class Route:
             return self.command.describe()
         return {"name": self.name}
 
-    async def __call__(self, connection: Connection, request: Request) -> Response:
-        """Validate the params, run the handler, wrap its result (exceptions propagate)."""
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain", not is_async(self.handler))
+
+    def invoke(self, connection: Connection, request: Request) -> Any:
+        """Validate the params and call the handler (exceptions propagate).
+
+        Returns:
+            What the handler returned (awaitable for an ``async def`` one), or the 400
+            Response when the params do not fit the command's model.
+        """
         params: Any = request.params or {}
         if self.command is not None:
             try:
@@ -48,9 +58,20 @@ class Route:
                     f"invalid params for {self.name!r}: {format_validation_error(exc)}",
                     StatusCode.BAD_REQUEST,
                 )
-        result = self.handler(connection, params)
+        return self.handler(connection, params)
+
+    async def __call__(self, connection: Connection, request: Request) -> Response:
+        """Validate the params, run the handler, wrap its result (exceptions propagate)."""
+        result = self.invoke(connection, request)
         if inspect.isawaitable(result):
             result = await result
         if isinstance(result, Response):
             return result
         return Response.success(request.id, result)
+
+
+def is_async(handler: Callable[..., Any]) -> bool:
+    """True when calling `handler` starts a coroutine (an ``async def``, or its partial)."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        type(handler).__call__
+    )

@@ -11,10 +11,11 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 from ..errors import SiyiError
+from ..outcome import encode_response
 from ..packets import Response, StatusCode, kept, parse_message
-from ..peer import encode_response
 
 __all__ = ["GONE_MESSAGE", "MemoryResponseCache", "ResponseCache"]
 
@@ -49,6 +50,19 @@ class ResponseCache(ABC):
         Response, a repeat sent as it is); this default encodes what `run_once` returns.
         """
         return encode_response(await self.run_once(key, compute))
+
+    def answer_now(
+        self, key: CacheKey, run: Callable[..., bytes | Awaitable[Response]], *args: Any
+    ) -> bytes | Awaitable[bytes] | None:
+        """`run_once_frame` without a coroutine, for a request the caller can answer at once.
+
+        For a key never seen, calls ``run(*args)``: the frame it returns is kept and returned;
+        an awaitable it returns is the Response of a run still going (returned: an awaitable of
+        its frame). A repeat gets the kept frame. None when only `run_once_frame` can answer
+        (the id runs now, its answer was let go, or this cache cannot tell at once): `run` was
+        not called. This default always answers None.
+        """
+        return None
 
     @abstractmethod
     def __len__(self) -> int:
@@ -191,7 +205,7 @@ class MemoryResponseCache(ResponseCache):
         Returns:
             The Response and the frame kept for it (encoded once, as an exact-size copy).
         """
-        self._running[skey] = None
+        self._running.setdefault(skey, None)  # `answer_now` may have marked it already
         try:
             response = await compute()
         except BaseException as exc:
@@ -207,6 +221,36 @@ class MemoryResponseCache(ResponseCache):
         frame = kept(encode_response(response))
         self._remember(skey, frame, self._clock())
         return response, frame
+
+    def answer_now(
+        self, key: CacheKey, run: Callable[..., bytes | Awaitable[Response]], *args: Any
+    ) -> bytes | Awaitable[bytes] | None:
+        """See `ResponseCache.answer_now`: dict work only, unless a slice of entries expires."""
+        if type(self).run_once is not MemoryResponseCache.run_once:
+            return None  # a subclass that observes run_once sees every call
+        skey = self._key(key)
+        done = self._done
+        frame = done.get(skey)
+        if frame is None:
+            if skey in self._running:
+                return None
+            out = run(*args)
+            if type(out) is not bytes:
+                assert not isinstance(out, bytes)
+                self._running[skey] = None  # running from now: a repeat waits for it
+                return self._first_frame(skey, out)
+            frame = kept(out)
+            self._remember(skey, frame, self._clock())
+            return frame
+        if frame:
+            # A repeat (rare): forget what expired first, so it is never answered after ttl.
+            self._expire(self._clock())
+            if done.get(skey):
+                return frame
+        return None
+
+    async def _first_frame(self, skey: str, running: Awaitable[Response]) -> bytes:
+        return (await self._first_run(skey, lambda: running))[1]
 
     async def run_once_frame(
         self, key: CacheKey, compute: Callable[[], Awaitable[Response]]

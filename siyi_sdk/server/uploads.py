@@ -67,6 +67,7 @@ import orjson
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..outcome import call_event_handler, encode_response
 from ..packets import (
     MAX_ID_LENGTH,
     SESSION_HEADER,
@@ -75,7 +76,6 @@ from ..packets import (
     StatusCode,
     format_validation_error,
 )
-from ..peer import call_event_handler, encode_response
 from ..wire import (
     FILE_MD5_HEADER,
     FILE_NAME_HEADER,

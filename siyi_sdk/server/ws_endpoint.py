@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from aiohttp import web
 
 from ..errors import ConnectionClosedError, NotConnectedError
+from ..outcome import call_event_handler
 from ..packets import PROTOCOL_VERSION, SESSION_EVENT, SUBPROTOCOL, TAKEN_OVER, Event, StatusCode
-from ..peer import Peer, call_event_handler
+from ..peer import Peer
 from .answers import refusal
 from .auth import Gate
 from .backplane import Backplane
@@ -71,7 +73,9 @@ class WebSocketEndpoint:
             resumed,
             Peer(
                 ws,
-                on_request=lambda req: self.dispatcher.handle_frame(session, req, "websocket"),
+                on_request=functools.partial(
+                    self.dispatcher.answer, session, transport="websocket"
+                ),
                 on_event=lambda event: self.dispatcher.deliver(session, event, "websocket"),
                 max_in_flight=settings.max_in_flight,
                 max_pending_events=settings.max_pending_events,
@@ -82,7 +86,6 @@ class WebSocketEndpoint:
                 ),
                 transport=request.transport,
                 max_message_size=settings.max_message_size,
-                inline=self.dispatcher.can_inline,
             ),
         )
         return ws
