@@ -3,8 +3,6 @@ and a repeat is answered with those very bytes."""
 
 from __future__ import annotations
 
-import contextlib
-
 from siyi_sdk import Response
 from siyi_sdk.server import MemoryResponseCache
 
@@ -127,7 +125,8 @@ async def test_the_flat_path_keeps_at_most_once_and_the_error_mapping() -> None:
         assert (await ask("a", "add", {"a": 5, "b": 5}))["data"] == 3  # a repeat: not run
         assert runs == ["add"]
         bad = await ask("b", "add", {"a": "x"})
-        assert bad["code"] == 400 and "invalid params" in str(bad["error"])
+        assert bad["code"] == 400
+        assert "invalid params" in str(bad["error"])
         assert (await ask("c", "fails")) | {"id": "c"} == {
             "id": "c",
             "type": "response",
@@ -136,7 +135,8 @@ async def test_the_flat_path_keeps_at_most_once_and_the_error_mapping() -> None:
             "error": "no such world",
         }
         crashed = await ask("d", "crashes")
-        assert crashed["code"] == 500 and "secret" not in str(crashed["error"])
+        assert crashed["code"] == 500
+        assert "secret" not in str(crashed["error"])
         assert (await ask("e", "odd"))["code"] == 500
         assert (await ask("f", "model"))["data"] == {"x": 1}
         # A plain function returning an awaitable: answered when it completes, and a repeat
