@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from .adapters.websocket import WebSocketAdapter
+from .calls import DEFAULT_WINDOW, aclose
 from .packets import Event, Request, Response
 
 __all__ = ["ProtocolClient"]
@@ -76,6 +78,40 @@ class ProtocolClient(WebSocketAdapter):
             RequestTimeoutError: no Response in time (an `asyncio.TimeoutError`).
         """
         return await self.send_packet(Request.make(command, params), timeout=timeout)
+
+    async def stream(
+        self,
+        command: str,
+        params: dict[str, Any] | None = None,
+        *,
+        window: int = DEFAULT_WINDOW,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Send a request for a streaming command; yield its items as they come (§10).
+
+        ``async for line in client.stream("tail_log", {"lines": 100}): ...``. The server
+        sends at most `window` items ahead of what the loop consumed. Leaving the loop early
+        (``break``, an exception) or cancelling the task withdraws the request: the server's
+        generator is closed.
+
+        Args:
+            command: the command's name.
+            params: its arguments.
+            window: items in flight at most.
+            timeout: seconds the whole stream may take (None: no limit).
+
+        Raises:
+            ApiError: (a subclass per code) the stream ended with an error, after its items.
+            NotConnectedError: not connected right now.
+            ConnectionClosedError: the connection dropped before the stream ended.
+            RequestTimeoutError: it did not end within `timeout`.
+        """
+        items = self.stream_packet(Request.make(command, params), window=window, timeout=timeout)
+        try:
+            async for item in items:
+                yield item
+        finally:
+            await aclose(items)
 
     async def send_event(self, name: str | Event, data: Any = None) -> None:
         """Send an event to the server.

@@ -74,6 +74,7 @@ __all__ = [
     "NotConnectedError",
     "ProtocolError",
     "ProtocolVersionError",
+    "RequestCancelledError",
     "RequestTimeoutError",
     "SiyiError",
     "TooLargeError",
@@ -260,6 +261,16 @@ class GoneError(ApiError):
     default_code = 410
 
 
+class RequestCancelledError(ApiError):
+    """The sender withdrew the request before it finished (499, PROTOCOL.md §10).
+
+    What a repeat of a cancelled request's id gets: it is not run again. The task that
+    cancelled sees `asyncio.CancelledError`, never this.
+    """
+
+    default_code = 499
+
+
 class TooLargeError(ApiError):
     """A packet or upload over the configured limit (413)."""
 
@@ -296,6 +307,7 @@ _ERRORS_BY_CODE: dict[int, type[ApiError]] = {
         GoneError,
         TooLargeError,
         BusyError,
+        RequestCancelledError,
         InternalServerError,
         UnavailableError,
     )

@@ -462,6 +462,15 @@ def encode_ok(id: str | None, data: Any) -> bytes:
     )
 
 
+def encode_event(id: str, name: str, data: Any) -> bytes:
+    """Encode the Event `name` with `data`, without building the model (streams' chunks).
+
+    Raises:
+        TypeError: when `data` is not JSON-serialisable.
+    """
+    return orjson.dumps({"id": id, "type": "event", "name": name, "data": data}, default=_default)
+
+
 def encode(packet: Packet) -> bytes:
     """Encode a packet as the UTF-8 JSON bytes of one frame.
 

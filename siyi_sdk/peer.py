@@ -15,19 +15,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType
 
+from .calls import ACK_EVENT, CANCEL_EVENT, CHUNK_EVENT, Inbox, is_reserved, stamp
 from .errors import (
     ConnectionClosedError,
     NotConnectedError,
     ProtocolError,
     RequestTimeoutError,
+    error_for_response,
 )
 from .outcome import encode_response, start_task
-from .packets import Event, Packet, Request, Response, StatusCode, encode, parse_message
+from .packets import (
+    Event,
+    Packet,
+    Request,
+    Response,
+    StatusCode,
+    encode,
+    encode_event,
+    new_id,
+    parse_message,
+)
 
 __all__ = [
     "DEFAULT_MAX_OUTBOX_BYTES",
@@ -109,6 +121,10 @@ class Peer:
         max_outbox_bytes: bytes waiting to be written to the other side (the transport's
             write buffer plus `unsent`) above which the reader stops reading, until the
             other side has read enough of them.
+        on_control: takes the reserved events of the answering side (``siyi.cancel``,
+            ``siyi.ack``: `calls.Runs.control`) at once, as they are read, ahead of the
+            ordered events; without it they are dropped. ``siyi.chunk`` events go to this
+            peer's own streams. No reserved event reaches `on_event`.
     """
 
     def __init__(
@@ -124,8 +140,12 @@ class Peer:
         max_message_size: int | None = None,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
+        on_control: Callable[[Event], None] | None = None,
     ) -> None:
         self._ws = ws
+        self._on_control = on_control
+        self._streams: dict[str, Inbox] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._max_message_size = max_message_size
         self._transport = transport
         self._writable = transport if isinstance(transport, asyncio.WriteTransport) else None
@@ -238,6 +258,7 @@ class Peer:
         rid = request.id
         if rid in self._pending:
             raise ValueError(f"a request with id {rid!r} is already in flight")
+        timeout = stamp(request, timeout)  # the receiver holds the same deadline (§9)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
         self._pending[rid] = future
@@ -250,10 +271,94 @@ class Peer:
             raise RequestTimeoutError(
                 f"no response to {request.command!r} within {timeout:g} s"
             ) from None
+        except asyncio.CancelledError:
+            if future.cancelled() or not future.done():  # awaiting it cancels it too
+                self.withdraw(rid)
+            raise
         finally:
             del self._pending[rid]
             if timer is not None:
                 timer.cancel()
+
+    def withdraw(self, request_id: str) -> None:
+        """Send ``siyi.cancel`` for a request this side sent (§10), without waiting for it.
+
+        Called when the task awaiting the answer is cancelled: it raises `CancelledError` at
+        once, and the other side cancels the handler and answers 499 (which nobody awaits).
+        """
+        if self.closed:
+            return
+        frame = encode_event(new_id(), CANCEL_EVENT, {"id": request_id})
+        task = asyncio.get_running_loop().create_task(self._send_quietly(frame))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stream(
+        self, request: Request, window: int, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Send a Request that asks for a streamed answer (§10); yield its items as they come.
+
+        Every item consumed is acknowledged (in batches of half the window), so the other side
+        never has more than `window` chunks in flight. Leaving the loop early (``break``, an
+        exception, the task cancelled) withdraws the request (``siyi.cancel``).
+
+        Args:
+            request: the Request; ``meta.window`` is set on it.
+            window: chunks the other side may send ahead of what was consumed.
+            timeout: seconds the whole stream may take (None: no limit), sent as
+                ``meta.timeout`` (capped by the budget of the handler this runs in).
+
+        Raises:
+            ApiError: (a subclass per code) the stream ended with an error, after its items.
+            RequestTimeoutError: the stream did not end within `timeout`.
+            ConnectionClosedError: the connection dropped before the stream ended.
+        """
+        if self.closed:
+            raise NotConnectedError(f"{self.label}: the connection is closed")
+        rid = request.id
+        if rid in self._pending:
+            raise ValueError(f"a request with id {rid!r} is already in flight")
+        timeout = stamp(request, timeout)
+        request.meta = {**(request.meta or {}), "window": window}
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response] = loop.create_future()
+        inbox = self._streams[rid] = Inbox(future)
+        self._pending[rid] = future
+        timer = None if timeout is None else loop.call_later(timeout, _expire, future)
+        batch = max(1, window // 2)
+        acked = consumed = -1
+        finished = False
+        try:
+            await self.send_raw(encode(request))
+            items = inbox.items
+            while True:
+                await inbox.wait()
+                while items:
+                    yield items.popleft()
+                    consumed += 1
+                    if consumed - acked >= batch and not future.done():
+                        acked = consumed
+                        await self._send_quietly(
+                            encode_event(new_id(), ACK_EVENT, {"id": rid, "seq": consumed})
+                        )
+                if future.done():
+                    finished = True
+                    try:
+                        response = future.result()
+                    except _Expired:
+                        raise RequestTimeoutError(
+                            f"the stream of {request.command!r} did not end within {timeout:g} s"
+                        ) from None
+                    if not response.ok:
+                        raise error_for_response(response)
+                    return
+        finally:
+            del self._pending[rid]
+            del self._streams[rid]
+            if timer is not None:
+                timer.cancel()
+            if not finished and (future.cancelled() or not future.done()):
+                self.withdraw(rid)
 
     async def close(self, code: int = 1000, message: str = "", timeout: float = 10.0) -> None:
         """Close the WebSocket with `code`; `run()` then returns.
@@ -463,11 +568,26 @@ class Peer:
                 task.add_done_callback(self.handling.discard)
         else:
             assert type(packet) is Event
+            if is_reserved(packet.name):
+                self._on_reserved(packet)
+                return
             if self._events is None:
                 self._events = deque()
             self._events.append(packet)
             if self._event_worker is None:
                 self._event_worker = asyncio.create_task(self._drain_events())
+
+    def _on_reserved(self, event: Event) -> None:
+        if event.name == CHUNK_EVENT:
+            data = event.data
+            rid = data.get("id") if isinstance(data, dict) else None
+            inbox = self._streams.get(rid) if type(rid) is str else None
+            if inbox is not None:
+                inbox.put(data)
+            else:
+                logger.debug("%s: dropping a chunk of no stream here: %r", self.label, data)
+        elif self._on_control is not None:
+            self._on_control(event)
 
     async def _answer(self, pending: Awaitable[Response | bytes]) -> None:
         answer = await pending

@@ -17,6 +17,7 @@ __all__ = [
     "FILE_MD5_HEADER",
     "FILE_NAME_HEADER",
     "FILE_SHA256_HEADER",
+    "NDJSON",
     "RESUME_FROM",
     "UPLOAD_ID_HEADER",
     "UPLOAD_PATH",
@@ -26,6 +27,9 @@ __all__ = [
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 """The default size limit of one message (a WebSocket frame, a POST body), on both sides."""
+
+NDJSON: Final = "application/x-ndjson"
+"""The media type of a streamed answer over HTTP: one packet per line (PROTOCOL.md §10)."""
 
 UPLOAD_PATH: Final = "/upload"
 """The default path of the upload endpoints (POST, WebSocket, and GET ``/upload/{id}``)."""

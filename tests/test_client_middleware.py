@@ -323,7 +323,8 @@ async def test_meta_stamped_by_a_middleware_reaches_the_server(
     async with adapter:
         adapter.use(stamp)
         assert (await adapter.send_packet(Request(command="stamped"))).ok
-    assert metas == [(transport, {"x": 1})]
+    # The middleware's stamp, beside the budget every request carries (§9).
+    assert metas == [(transport, {"x": 1, "timeout": WAIT})]
 
 
 # 4. What the server sends passes the chain -----------------------------------------------------
@@ -489,7 +490,7 @@ async def test_an_override_calling_super_runs_the_chain_once(server: ProtocolSer
         ("two", "http"),
         ("three", "http"),
     ]
-    assert metas == [{"by": "override"}] * 2
+    assert metas == [{"by": "override", "timeout": WAIT}] * 2  # the budget, stamped after
 
 
 async def test_no_middleware_builds_no_call() -> None:

@@ -145,7 +145,7 @@ async def test_the_chain_sees_what_the_server_sends_and_can_stamp_meta(
         await server.send_event(connection, "one")
         await server.broadcast_event("all")
         await inbox.wait_count(2)
-    assert got == [{"stamped": True}]
+    assert got == [{"stamped": True, "timeout": 30.0}]  # and the request's budget (§9)
     assert [e.meta for e in inbox.events] == [{"stamped": True}, {"stamped": True}]
     assert outgoing == [("ping", "Request"), ("one", "Event"), ("all", "Event")]
 

@@ -151,7 +151,8 @@ async def test_peer_answers_a_request_sent_from_on_connect(server: ProtocolServe
     assert request["command"] == "get_status"
     assert request["params"] == {"verbose": True}
     assert uuid.UUID(request["id"]).version == 4
-    assert set(request) == {"id", "type", "command", "params"}
+    assert set(request) == {"id", "type", "command", "params", "meta"}
+    assert request["meta"] == {"timeout": 30.0}  # the server's request_timeout (§9)
     assert response.ok
     assert response.id == request["id"]
     assert response.data == {"status": "running", "players": 5}

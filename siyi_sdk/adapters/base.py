@@ -10,14 +10,21 @@ method a user implements and the call a user makes stay `send_packet`.
 from __future__ import annotations
 
 import enum
+import inspect
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self, TypeAlias
 
-from ..errors import ProtocolVersionError, TransportError
-from ..outcome import call_event_handler, call_request_handler
+from ..calls import DEFAULT_WINDOW, Runs, Sink, collect, is_reserved
+from ..errors import (
+    InvalidResultError,
+    ProtocolVersionError,
+    TransportError,
+    error_for_response,
+)
+from ..outcome import call_event_handler, call_request_handler, failure
 from ..packets import (
     PROTOCOL_VERSION,
     SESSION_HEADER,
@@ -45,8 +52,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ClientRequestHandler: TypeAlias = Callable[[Request], Awaitable[Response] | Response]
-"""A handler for requests the server sends: `handler(request) -> Response`."""
+ClientRequestHandler: TypeAlias = Callable[
+    [Request], Awaitable[Response] | Response | AsyncIterator[Any]
+]
+"""A handler for requests the server sends: `handler(request) -> Response`, or an ``async
+def`` generator that yields the items of a streamed answer (PROTOCOL.md §10)."""
 ClientEventHandler: TypeAlias = Callable[[Event], Awaitable[None] | None]
 """A handler for events the server sends: `handler(event)`."""
 
@@ -64,6 +74,8 @@ class SessionRef:
 
     def __init__(self) -> None:
         self.key: str | None = None
+        self.runs = Runs()
+        """The server's requests this client is answering: their deadlines, cancels, acks."""
 
     def header(self) -> dict[str, str]:
         """The header that presents the key (``X-Siyi-Session``); empty before there is one."""
@@ -184,6 +196,36 @@ class Adapter(ABC):
             TransportError: (or `ConnectionError`/`OSError`) the packet may not have arrived;
                 an AdapterManager then tries the next adapter.
         """
+
+    async def stream_packet(
+        self, packet: Request, *, window: int = DEFAULT_WINDOW, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Send a Request for a streaming command; yield its items as they come (§10).
+
+        This default asks for no stream: the server answers with every item at once, as one
+        array, and they are yielded from it. `WebSocketAdapter` and `HttpAdapter` receive them
+        as they are produced; leaving the loop early then withdraws the request.
+
+        Args:
+            packet: the Request.
+            window: items the server may send ahead of what was consumed (WebSocket).
+            timeout: seconds the whole stream may take (None: the adapter's own default).
+
+        Raises:
+            ApiError: (a subclass per code) the server answered with an error; a stream that
+                fails midway raises it after the items that came before.
+            TransportError: as `send_packet`.
+        """
+        response = await self.send_packet(packet)
+        if not response.ok:
+            raise error_for_response(response)
+        if not isinstance(response.data, list):
+            raise InvalidResultError(
+                f"{packet.command!r} answered {type(response.data).__name__}, not a list of items",
+                response=response,
+            )
+        for item in response.data:
+            yield item
 
     @property
     def name(self) -> str:
@@ -308,8 +350,12 @@ class Adapter(ABC):
 
         The middleware chain runs here; then the handlers registered on this adapter, else
         the parent's `handle_event`. An override that calls ``super().handle_event(...)``
-        keeps the chain. Never raises: an exception is logged.
+        keeps the chain. Never raises: an exception is logged. A reserved event (``siyi.*``:
+        a cancel or an ack of §10) acts on the session's runs and reaches no handler.
         """
+        if is_reserved(event.name):
+            self.session.runs.control(event)
+            return
         chain = self._middleware
         if not chain:
             await self._deliver_event(event)
@@ -328,9 +374,23 @@ class Adapter(ABC):
         assert isinstance(event, Event)
         await self._deliver_event(event)
 
+    def chunk_sink(self, request: Request) -> Sink | None:
+        """Where the chunks of a streamed answer to `request` go; None answers one array.
+
+        An adapter that can send the server ``siyi.chunk`` events as they are produced (the
+        WebSocket) returns its sink when the request asked for a stream (``meta.window``).
+        """
+        return None
+
     async def _deliver_request(self, request: Request) -> Response:
-        if self._request_handler is not None:
-            return await call_request_handler(self._request_handler, (request,), request)
+        handler = self._request_handler
+        if handler is not None:
+            # Under the server's deadline (meta.timeout: 408) and cancellable by it (499).
+            if inspect.isasyncgenfunction(handler):
+                answer = self._stream_answer(handler, request)
+            else:
+                answer = call_request_handler(handler, (request,), request)
+            return await self.session.runs.run(request, answer, None)
         parent = self._parent
         if parent is None:
             return Response.fail(
@@ -339,6 +399,17 @@ class Adapter(ABC):
         if not parent._middleware:
             return await parent.handle_request(request)
         return await forward_request(self, parent, request)
+
+    async def _stream_answer(self, handler: Callable[..., Any], request: Request) -> Response:
+        """A streaming handler's answer: chunks to `chunk_sink`, else one array (§10)."""
+        try:
+            items = handler(request)
+            sink = self.chunk_sink(request)
+            if sink is not None:
+                return await self.session.runs.pump(request, items, sink.send, sink.window)
+            return await collect(request, items, None)
+        except Exception as exc:
+            return failure(request, exc)
 
     async def _deliver_event(self, event: Event) -> None:
         if self._event_handlers:

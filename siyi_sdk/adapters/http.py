@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 from tenacity import RetryCallState
 
+from ..calls import CANCEL_EVENT, DEFAULT_WINDOW, stamp
 from ..errors import (
     ProtocolError,
     RequestTimeoutError,
@@ -30,7 +31,7 @@ from ..packets import (
     parse_object,
 )
 from ..retry import backoff
-from ..wire import FileInfo
+from ..wire import NDJSON, FileInfo
 from .base import Adapter, AdapterMode, check_protocol
 from .tls import SSLOption, certificate_error, client_session
 from .upload import UploadTarget, run_upload
@@ -210,7 +211,87 @@ class HttpAdapter(Adapter):
             RequestTimeoutError: no answer in time (an `asyncio.TimeoutError`).
             ProtocolVersionError: the server speaks another protocol version.
         """
-        return await self._post(packet, self.request_timeout if timeout is None else timeout)
+        timeout = stamp(packet, self.request_timeout if timeout is None else timeout)
+        try:
+            return await self._post(packet, timeout)
+        except asyncio.CancelledError:
+            self._withdraw(packet.id)
+            raise
+
+    def _withdraw(self, request_id: str) -> None:
+        """POST ``siyi.cancel`` for a request whose caller gave up (§10), in the background.
+
+        A request sent before the server gave this client a session key cannot be named to
+        it: there is nothing to withdraw then (the server's deadline still bounds it).
+        """
+        if self.session.key is None:
+            return
+        cancel = Event(name=CANCEL_EVENT, data={"id": request_id})
+        task = asyncio.get_running_loop().create_task(self._post_quietly(cancel))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _post_quietly(self, packet: Packet) -> None:
+        try:
+            await self._post(packet, self.request_timeout)
+        except (TransportError, RequestTimeoutError) as exc:
+            logger.info("%s: could not withdraw a request: %s", self.name, exc)
+
+    async def stream_packet(
+        self, packet: Request, *, window: int = DEFAULT_WINDOW, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """POST a Request asking for NDJSON (§10); yield the items as their lines arrive.
+
+        TCP's flow control holds the server back while the loop does not read (`window` is
+        for WebSockets). Leaving the loop early closes the connection and withdraws the
+        request. See `Adapter.stream_packet`.
+        """
+        if not self._checked:
+            await self._check_protocol()
+        timeout = stamp(packet, timeout)
+        if self._http is None or self._http.closed:
+            self._http = client_session(self.ssl, headers=self.headers)
+        finished = False
+        try:
+            async with self._http.post(
+                self.url,
+                data=encode(packet),
+                headers={**self.session.header(), "Accept": NDJSON},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as reply:
+                self.session.adopt(reply.headers, self.name)
+                expected = 0
+                async for line in reply.content:
+                    if not line.strip():
+                        continue
+                    try:
+                        answer = parse_message(line)
+                    except ProtocolError as exc:
+                        raise TransportError(
+                            f"POST {self.url}: a line is no packet ({exc})"
+                        ) from None
+                    if isinstance(answer, Response):
+                        finished = True
+                        if not answer.ok:
+                            raise error_for_response(answer)
+                        return
+                    chunk = answer.data if isinstance(answer, Event) else None
+                    if not (isinstance(chunk, dict) and chunk.get("seq") == expected):
+                        raise TransportError(f"POST {self.url}: chunk {expected} is missing")
+                    expected += 1
+                    yield chunk.get("data")
+                raise TransportError(f"POST {self.url}: the stream ended without its Response")
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the stream of {packet.command!r} did not end within {timeout:g} s"
+            ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise certificate_error(exc, self.url) from exc
+        except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a line too long
+            raise TransportError(f"POST {self.url} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if not finished:
+                self._withdraw(packet.id)
 
     async def send_event(self, event: Event) -> None:
         """POST an Event; the server acknowledges it.

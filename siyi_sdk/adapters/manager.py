@@ -6,13 +6,14 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import aiohttp
 
+from ..calls import DEFAULT_WINDOW, aclose, within
 from ..errors import AllAdaptersFailedError, RequestTimeoutError, TransportError
-from ..packets import Event, RequestPacket, ResponsePacket
+from ..packets import Event, Request, RequestPacket, ResponsePacket
 from ..pipeline import ClientCall
 from ..wire import FileInfo
 from .base import Adapter, AdapterMode
@@ -131,8 +132,9 @@ class AdapterManager(Adapter):
         if timeout is None:
             return await self._send(packet, call)
         try:
-            async with asyncio.timeout(timeout):
-                return await self._send(packet, call)
+            with within(timeout):  # every adapter tried stamps what is left (meta.timeout)
+                async with asyncio.timeout(timeout):
+                    return await self._send(packet, call)
         except TimeoutError as exc:
             if isinstance(exc, RequestTimeoutError):
                 raise
@@ -181,6 +183,43 @@ class AdapterManager(Adapter):
                 logger.info("now sending through %s", adapter.name)
                 self.last_adapter = adapter
             return result
+        raise AllAdaptersFailedError(errors)
+
+    async def stream_packet(
+        self, packet: Request, *, window: int = DEFAULT_WINDOW, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Stream through the best available adapter (`Adapter.stream_packet`).
+
+        An adapter that fails before the first item is failed over like `send_packet`; once
+        items have come, a failure ends the stream with that error (items are not replayed).
+
+        Raises:
+            AllAdaptersFailedError: every SEND adapter failed or was down before any item.
+        """
+        errors: list[tuple[str, BaseException]] = []
+        for adapter in self._senders:
+            if not adapter.is_available:
+                errors.append((adapter.name, adapter.last_error or TransportError("down")))
+                continue
+            items = adapter.stream_packet(packet, window=window, timeout=timeout)
+            try:
+                try:
+                    first = await anext(items)
+                except StopAsyncIteration:
+                    return
+                except _FAILOVER as exc:
+                    errors.append((adapter.name, exc))
+                    logger.info(
+                        "%s failed to stream (%s); trying the next adapter", adapter.name, exc
+                    )
+                    continue
+                self.last_adapter = adapter
+                yield first
+                async for item in items:
+                    yield item
+                return
+            finally:
+                await aclose(items)
         raise AllAdaptersFailedError(errors)
 
     async def send_event(self, event: Event) -> None:

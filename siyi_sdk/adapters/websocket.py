@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import aiohttp
 from tenacity import RetryCallState
 
+from ..calls import DEFAULT_WINDOW, Sink, aclose, requested_window
 from ..errors import (
     ConnectionClosedError,
     ForbiddenError,
@@ -22,6 +24,7 @@ from ..packets import (
     SESSION_EVENT,
     TAKEN_OVER,
     Event,
+    Request,
     RequestPacket,
     ResponsePacket,
     parse_message,
@@ -170,6 +173,37 @@ class WebSocketAdapter(Adapter):
             raise NotConnectedError(f"not connected to {self.url}")
         return await peer.request(packet, self.request_timeout if timeout is None else timeout)
 
+    async def stream_packet(
+        self, packet: Request, *, window: int = DEFAULT_WINDOW, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Send a Request asking for a streamed answer; yield its items as they come (§10).
+
+        At most `window` chunks are in flight; each consumed one is acknowledged. Leaving
+        the loop early, or cancelling, withdraws the request (``siyi.cancel``): the server's
+        generator is closed. See `Adapter.stream_packet`.
+
+        Raises:
+            NotConnectedError: not connected right now.
+            ConnectionClosedError: the connection dropped before the stream ended.
+        """
+        peer = self._peer
+        if peer is None:
+            raise NotConnectedError(f"not connected to {self.url}")
+        items = peer.stream(packet, window, timeout)
+        try:
+            async for item in items:
+                yield item
+        finally:
+            await aclose(items)
+
+    def chunk_sink(self, request: Request) -> Sink | None:
+        """Chunks down this WebSocket when the server's request asked for a stream."""
+        window = requested_window(request)
+        peer = self._peer
+        if window is None or peer is None:
+            return None
+        return Sink(peer.send_raw, window)
+
     async def send_event(self, event: Event) -> None:
         """Send an Event over the WebSocket.
 
@@ -312,6 +346,7 @@ class WebSocketAdapter(Adapter):
             ws,
             on_request=self.handle_request,
             on_event=self.handle_event,
+            on_control=self.session.runs.control,
             max_in_flight=self.max_in_flight,
             label=self.url,
             max_message_size=self.max_message_size,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 from pydantic import ValidationError
 
 from ..adapters.base import Adapter
 from ..adapters.upload_source import UploadProgress, UploadSource
+from ..calls import DEFAULT_WINDOW, aclose, within
 from ..errors import InvalidResultError, RequestTimeoutError, error_for_response
 from ..packets import Event, Request, Response, format_validation_error
 from ..pipeline import ClientCall, Middleware
@@ -77,8 +78,9 @@ class Api:
         if timeout is None:
             return await self.sender.send_packet(packet)
         try:
-            async with asyncio.timeout(timeout):
-                return await self.sender.send_packet(packet)
+            with within(timeout):  # the request carries this budget (meta.timeout, §9)
+                async with asyncio.timeout(timeout):
+                    return await self.sender.send_packet(packet)
         except TimeoutError as exc:
             if isinstance(exc, RequestTimeoutError):
                 raise
@@ -95,6 +97,11 @@ class Api:
             TransportError: no adapter could carry it.
             RequestTimeoutError: no answer in time (an `asyncio.TimeoutError`).
         """
+        if command.streams():
+            raise TypeError(
+                f"{type(command).__name__} streams: use `api.stream(...)` for its items as they "
+                "come, or `api.collect(...)` for the list of them"
+            )
         response = await self.send_packet(command.to_request(), timeout=timeout)
         if not response.ok:
             raise error_for_response(response)
@@ -107,6 +114,77 @@ class Api:
                 response=response,
             ) from None
         return result
+
+    async def collect(
+        self, command: Command[ResultT], *, timeout: float | None = None
+    ) -> list[ResultT]:
+        """Send a streaming command asking for no stream: every item at once, validated.
+
+        The server answers with one array (413 when it is over its size limit: then use
+        `stream`).
+
+        Raises:
+            ApiError: (a subclass per code) the server answered with an error.
+            InvalidResultError: the answer does not fit a list of the command's item type.
+            TransportError: no adapter could carry it.
+            RequestTimeoutError: no answer in time.
+        """
+        response = await self.send_packet(command.to_request(), timeout=timeout)
+        if not response.ok:
+            raise error_for_response(response)
+        try:
+            items: list[ResultT] = command.result_adapter().validate_python(response.data)
+        except ValidationError as exc:
+            raise InvalidResultError(
+                f"the items of {command.command_name()!r} do not fit their type: "
+                f"{format_validation_error(exc)}",
+                response=response,
+            ) from None
+        return items
+
+    async def stream(
+        self,
+        command: Command[ResultT],
+        *,
+        window: int = DEFAULT_WINDOW,
+        timeout: float | None = None,
+    ) -> AsyncIterator[ResultT]:
+        """Send a streaming command; yield its items, validated, as they come (§10).
+
+        ``async for line in api.stream(TailLog(lines=100)): ...``. Over a WebSocket the
+        server sends at most `window` items ahead of what the loop consumed; over HTTP they
+        arrive as NDJSON. Leaving the loop early (``break``, an exception) or cancelling the
+        task withdraws the request: the server's generator is closed. An adapter of your own
+        that implements only `send_packet` gets every item at once, as one array.
+
+        Args:
+            command: a command declared with ``stream=True`` (others answer one array too).
+            window: items in flight at most (WebSocket).
+            timeout: seconds the whole stream may take (default: none; `self.timeout` is for
+                single answers).
+
+        Raises:
+            ApiError: (a subclass per code) the stream ended with an error, after its items.
+            InvalidResultError: an item does not fit the command's item type.
+            TransportError: no adapter could carry it.
+            RequestTimeoutError: the stream did not end within `timeout`.
+        """
+        adapter = command.item_adapter()
+        name = command.command_name()
+        items = self.sender.stream_packet(command.to_request(), window=window, timeout=timeout)
+        try:
+            async for item in items:
+                try:
+                    value: ResultT = adapter.validate_python(item)
+                except ValidationError as exc:
+                    raise InvalidResultError(
+                        f"an item of {name!r} does not fit its type: "
+                        f"{format_validation_error(exc)}",
+                        response=None,
+                    ) from None
+                yield value
+        finally:
+            await aclose(items)
 
     async def request(
         self, command: str, params: dict[str, Any] | None = None, *, timeout: float | None = None

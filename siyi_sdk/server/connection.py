@@ -12,11 +12,17 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
-from ..errors import ConnectionClosedError, NotConnectedError, RequestTimeoutError
-from ..packets import Event, Request, Response, encode, kept
+from ..calls import CANCEL_EVENT, DEFAULT_WINDOW, Runs, aclose, stamp
+from ..errors import (
+    ConnectionClosedError,
+    NotConnectedError,
+    RequestTimeoutError,
+    error_for_response,
+)
+from ..packets import Event, Request, Response, encode, encode_event, kept, new_id
 from ..peer import Peer
 from ..pipeline import Call, Chain, Direction
 
@@ -92,6 +98,9 @@ class Connection:
         self.remote_address = remote_address
         self.headers = headers
         self.request_timeout = request_timeout
+        self._withdrawing: set[asyncio.Task[None]] = set()
+        self.runs = Runs()
+        """The requests of this peer being run now: their deadlines, cancels and acks (§10)."""
         self.chain: Chain[ServerCall] | None = None
         """The server's middleware chain, which what is sent through this handle passes."""
         self.peer: Peer | None = None
@@ -326,6 +335,7 @@ class Connection:
             return await peer.request(request, timeout)
         if self.ended:
             raise NotConnectedError(f"{self!r}: the session has ended")
+        timeout = stamp(request, timeout)  # the peer holds the same deadline (§9)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[request.id] = future
         try:
@@ -338,8 +348,65 @@ class Connection:
                 raise RequestTimeoutError(
                     f"no response to {command!r} within {timeout:g} s"
                 ) from None
+        except asyncio.CancelledError:
+            if future.cancelled() or not future.done():  # awaiting it cancels it too
+                self._withdraw(request.id)
+            raise
         finally:
             del self._pending[request.id]
+
+    def _withdraw(self, request_id: str) -> None:
+        """Buffer ``siyi.cancel`` for a request the peer will take from the buffer (§10)."""
+        event_id = new_id()
+        frame = kept(encode_event(event_id, CANCEL_EVENT, {"id": request_id}))
+        task = asyncio.get_running_loop().create_task(self._keep(event_id, frame))
+        self._withdrawing.add(task)
+        task.add_done_callback(self._withdrawing.discard)
+
+    async def stream_request(
+        self,
+        command: str,
+        params: dict[str, Any] | None = None,
+        *,
+        window: int = DEFAULT_WINDOW,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Send a request for a streaming command to this peer; yield its items as they come.
+
+        The peer's handler is an ``async def`` generator (PROTOCOL.md §10). With a WebSocket
+        attached the items come as chunks, at most `window` ahead of what was consumed;
+        leaving the loop early or cancelling withdraws the request (the generator is closed).
+        Without one (a polling peer) the request asks for no stream and the items come at
+        once, as one array, after the peer's next poll.
+
+        Args:
+            command: the command's name.
+            params: its arguments.
+            window: chunks in flight at most.
+            timeout: seconds the whole stream may take (None: no limit; capped by the budget
+                of the handler this runs in).
+
+        Raises:
+            ApiError: (a subclass per code) the stream ended with an error, after its items.
+            NotConnectedError: the session has ended.
+            ConnectionClosedError: the WebSocket dropped before the stream ended.
+            RequestTimeoutError: it did not end within `timeout`.
+        """
+        request = Request.make(command, params)
+        peer = self.peer
+        if peer is not None and not peer.closed and not self._replaying:
+            items = peer.stream(request, window, timeout)
+            try:
+                async for item in items:
+                    yield item
+            finally:
+                await aclose(items)
+            return
+        response = await self._send_request(request, timeout)
+        if not response.ok:
+            raise error_for_response(response)
+        for item in response.data if isinstance(response.data, list) else [response.data]:
+            yield item
 
     async def _expect_answer(self, request_id: str, timeout: float | None) -> None:
         """A request is about to leave for a peer that is not here.

@@ -10,7 +10,6 @@ at-most-once record, then the typed route or the catch-all handler. What the ser
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import inspect
 import logging
@@ -20,6 +19,8 @@ from typing import Any, Literal, TypeAlias
 from pydantic import ValidationError
 
 from ..api.command import Command, EventModel
+from ..calls import Sink, collect, is_reserved, requested_window
+from ..errors import ConnectionClosedError, NotConnectedError
 from ..outcome import (
     answer_to,
     call_event_handler,
@@ -55,6 +56,9 @@ ServerMiddleware: TypeAlias = Middleware[ServerCall]
 """``async def middleware(call: ServerCall, call_next) -> Response | None``."""
 
 Transport: TypeAlias = Literal["websocket", "http"]
+
+_DATA = frozenset({dict, list, str, int, float, bool, type(None)})
+"""Result types that are never awaitable: the flat path skips `inspect.isawaitable` for them."""
 
 
 class _TypedEvent:
@@ -112,19 +116,33 @@ class Dispatcher:
     # Requests ------------------------------------------------------------------------------
 
     async def handle(
-        self, connection: Connection, request: Request, transport: Transport
+        self,
+        connection: Connection,
+        request: Request,
+        transport: Transport,
+        sink: Sink | None = None,
     ) -> Response:
         """Answer one request from any transport; never raises.
 
         Through the middleware chain, then: 503 while stopping; a repeat of an id seen in
         the same session gets the first Response (at most once, §6); then the typed route,
         else the catch-all handler, else 404; handler errors are mapped by
-        `call_request_handler`.
+        `call_request_handler`. A streaming command's items go to `sink` when the request
+        asked for a stream (§10), else they are answered as one array.
         """
         if not self.chain:
-            return await self._once(connection, request, None)
+            return await self._once(connection, request, None, sink)
         call = ServerCall(request, "in", connection, transport)
-        return answer_to(request, await self.chain.run(call, self._terminal), "a middleware")
+
+        def terminal(call: ServerCall) -> Awaitable[Response]:
+            return self._once(connection, request, call, sink)
+
+        return answer_to(request, await self.chain.run(call, terminal), "a middleware")
+
+    def streams(self, request: Request) -> bool:
+        """True when `request`'s command has a streaming handler (an async generator)."""
+        route = self.routes.get(request.command)
+        return route is not None and route.stream
 
     def answer(
         self, connection: Connection, request: Request, transport: Transport
@@ -135,16 +153,25 @@ class Dispatcher:
         handler is a plain function is looked up in the at-most-once record, run, encoded
         (no Response model for an ok answer) and recorded, all in this call, which returns the
         frame to send. It runs in a context of its own, so context variables it sets stay its
-        own, as in a task. Anything else returns `handle_frame`'s coroutine, for a task.
+        own, as in a task. Anything else returns `handle_frame`'s coroutine, for a task; a
+        streaming command asked for a stream (``meta.window``) sends its chunks on the
+        connection's WebSocket.
         """
-        if not self.chain and not self.lifecycle.stopping:
-            route = self.routes.get(request.command)
-            if route is not None and route.plain:
+        route = self.routes.get(request.command)
+        if route is not None:
+            if route.plain and not self.chain and not self.lifecycle.stopping:
                 out = self.response_cache.answer_now(
                     (connection.session, request.id), self._run_plain, route, connection, request
                 )
                 if out is not None:
                     return out
+            elif route.stream and transport == "websocket":
+                window = requested_window(request)
+                peer = connection.peer
+                if window is not None and peer is not None:
+                    return self.handle_frame(
+                        connection, request, transport, Sink(peer.send_raw, window)
+                    )
         return self.handle_frame(connection, request, transport)
 
     def _run_plain(
@@ -154,8 +181,9 @@ class Dispatcher:
             result = contextvars.copy_context().run(route.invoke, connection, request)
         except Exception as exc:
             return encode_response(failure(request, exc))
-        if inspect.isawaitable(result):  # a plain function that returned an awaitable
-            return self._within_deadline(request, self._settle(request, result))
+        if type(result) not in _DATA and inspect.isawaitable(result):
+            # A plain function that returned an awaitable (a lambda around a coroutine).
+            return self._within_deadline(connection, request, self._settle(request, result))
         return encode_result(request, result)
 
     @staticmethod
@@ -169,7 +197,11 @@ class Dispatcher:
         return answer_to(request, result, "the handler")
 
     async def handle_frame(
-        self, connection: Connection, request: Request, transport: Transport
+        self,
+        connection: Connection,
+        request: Request,
+        transport: Transport,
+        sink: Sink | None = None,
     ) -> bytes:
         """`handle`, answered as the frame to send: the transports' path.
 
@@ -177,19 +209,17 @@ class Dispatcher:
         the bytes that are sent, and a repeat is answered with those bytes as they are.
         """
         if self.chain or self.lifecycle.stopping:
-            return encode_response(await self.handle(connection, request, transport))
+            return encode_response(await self.handle(connection, request, transport, sink))
         return await self.response_cache.run_once_frame(
-            (connection.session, request.id), lambda: self.run(connection, request)
+            (connection.session, request.id), lambda: self.run(connection, request, sink)
         )
 
-    async def _terminal(self, call: ServerCall) -> Response | None:
-        packet = call.packet
-        assert isinstance(packet, Request)
-        assert call.connection is not None
-        return await self._once(call.connection, packet, call)
-
     async def _once(
-        self, connection: Connection, request: Request, call: ServerCall | None
+        self,
+        connection: Connection,
+        request: Request,
+        call: ServerCall | None,
+        sink: Sink | None,
     ) -> Response:
         if self.lifecycle.stopping:
             return Response.fail(
@@ -197,51 +227,76 @@ class Dispatcher:
             )
         if call is None:
             return await self.response_cache.run_once(
-                (connection.session, request.id), lambda: self.run(connection, request)
+                (connection.session, request.id), lambda: self.run(connection, request, sink)
             )
         ran = False
 
         def compute() -> Awaitable[Response]:
             nonlocal ran
             ran = True
-            return self.run(connection, request)
+            return self.run(connection, request, sink)
 
         answer = await self.response_cache.run_once((connection.session, request.id), compute)
         call.cached = not ran
         return answer
 
-    async def run(self, connection: Connection, request: Request) -> Response:
-        """Run the request's handler (no at-most-once, no middleware): its Response."""
-        handler: Callable[..., Any] | None = self.routes.get(request.command)
-        if handler is None:
-            handler = self.request_handler
-        if handler is None:
-            return Response.fail(
-                request.id, f"unknown command: {request.command!r}", StatusCode.UNKNOWN_COMMAND
-            )
-        return await self._within_deadline(
-            request, call_request_handler(handler, (connection, request), request)
-        )
+    async def run(
+        self, connection: Connection, request: Request, sink: Sink | None = None
+    ) -> Response:
+        """Run the request's handler (no at-most-once, no middleware): its Response.
 
-    async def _within_deadline(self, request: Request, answer: Awaitable[Response]) -> Response:
-        """`answer`, cancelled at the handler's deadline and answered 408 then."""
-        timeout = self.settings.handler_timeout
-        if timeout is None:
-            return await answer
+        Under the request's deadline (the smaller of ``meta.timeout`` and `handler_timeout`:
+        408 past it), cancellable by the sender (``siyi.cancel``: 499), §9 and §10.
+        """
+        route = self.routes.get(request.command)
+        if route is not None and route.stream:
+            answer: Awaitable[Response] = self._stream(route, connection, request, sink)
+        else:
+            handler: Callable[..., Any] | None = route or self.request_handler
+            if handler is None:
+                return Response.fail(
+                    request.id, f"unknown command: {request.command!r}", StatusCode.UNKNOWN_COMMAND
+                )
+            answer = call_request_handler(handler, (connection, request), request)
+        return await self._within_deadline(connection, request, answer)
+
+    def _within_deadline(
+        self, connection: Connection, request: Request, answer: Awaitable[Response]
+    ) -> Awaitable[Response]:
+        return connection.runs.run(request, answer, self.settings.handler_timeout)
+
+    async def _stream(
+        self, route: Route, connection: Connection, request: Request, sink: Sink | None
+    ) -> Response:
+        """A streaming command: its items to `sink` as chunks, else as one array (§10)."""
         try:
-            async with asyncio.timeout(timeout):
-                return await answer
-        except TimeoutError:
-            return Response.fail(
-                request.id,
-                f"timeout: {request.command!r} ran past {timeout:g} s",
-                StatusCode.TIMEOUT,
-            )
+            items = route.invoke(connection, request)
+            if isinstance(items, Response):
+                return items  # the params did not fit
+            if sink is not None:
+                try:
+                    return await connection.runs.pump(request, items, sink.send, sink.window)
+                except (NotConnectedError, ConnectionClosedError):
+                    return Response.fail(
+                        request.id,
+                        "cancelled: the stream's connection dropped",
+                        StatusCode.CANCELLED,
+                    )
+            return await collect(request, items, self.settings.max_message_size)
+        except Exception as exc:
+            return failure(request, exc)
 
     # Events ----------------------------------------------------------------------------------
 
     async def deliver(self, connection: Connection, event: Event, transport: Transport) -> None:
-        """Hand one event to its handlers (through the middleware chain); never raises."""
+        """Hand one event to its handlers (through the middleware chain); never raises.
+
+        A reserved event (``siyi.*``, §10) is the protocol's: it acts on the session's runs
+        (a cancel, an ack) and reaches neither the middleware nor a handler.
+        """
+        if is_reserved(event.name):
+            connection.runs.control(event)
+            return
         if not self.chain:
             await self._deliver(connection, event)
             return

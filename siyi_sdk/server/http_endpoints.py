@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from typing import Any
 
@@ -11,7 +12,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from .._version import __version__
-from ..errors import BackplaneUnavailableError, ProtocolError
+from ..calls import Sink
+from ..errors import BackplaneUnavailableError, ConnectionClosedError, ProtocolError
 from ..packets import (
     PROTOCOL_VERSION,
     SESSION_HEADER,
@@ -21,8 +23,10 @@ from ..packets import (
     StatusCode,
     parse_message,
 )
+from ..wire import NDJSON
 from .answers import JSON, packet_answer, refusal
 from .auth import Gate
+from .connection import Connection
 from .dispatch import Dispatcher
 from .lifecycle import Lifecycle, ServerSettings
 
@@ -77,7 +81,7 @@ class HttpEndpoints:
             f"too large: {said}the limit is {self.settings.max_message_size} bytes",
         )
 
-    async def general(self, request: web.Request) -> web.Response:
+    async def general(self, request: web.Request) -> web.StreamResponse:
         """``POST /general``: one packet in, one Response out."""
         # Counted beside the request tasks of WebSockets, for stop().
         task = asyncio.current_task()
@@ -90,7 +94,7 @@ class HttpEndpoints:
             if task is not None:
                 calls.discard(task)
 
-    async def _general(self, request: web.Request) -> web.Response:
+    async def _general(self, request: web.Request) -> web.StreamResponse:
         # Everything that can refuse the call comes before its session: a refused call (401,
         # 403, 413, 400) opens none and answers no X-Siyi-Session (PROTOCOL.md §4).
         caller = await self.gate.caller(request)
@@ -114,6 +118,8 @@ class HttpEndpoints:
         if isinstance(packet, Request):
             # Ids are scoped by session only (§6): a caller without a key has a new session,
             # so two callers can never see each other's answers, whatever ids they pick.
+            if NDJSON in request.headers.get("Accept", "") and self.dispatcher.streams(packet):
+                return await self._stream(request, session, packet)
             answer = self.dispatcher.answer(session, packet, "http")
             frame = answer if isinstance(answer, bytes) else await answer
             return packet_answer(frame, 200, session)
@@ -122,6 +128,31 @@ class HttpEndpoints:
         elif not session.resolve(packet):  # the answer to a request sent via /events
             self.gate.backplane.forward_response(session, packet)
         return packet_answer(Response.success(packet.id), 200, session)
+
+    async def _stream(
+        self, request: web.Request, session: Connection, packet: Request
+    ) -> web.StreamResponse:
+        """A streaming command asked for NDJSON (§10): chunk Events, then the Response.
+
+        One packet per line, written as produced: TCP's flow control holds the generator back
+        while the caller does not read.
+        """
+        reply = web.StreamResponse(
+            headers={"Content-Type": NDJSON, SESSION_HEADER: session.session}
+        )
+        await reply.prepare(request)
+
+        async def send(chunk: bytes) -> None:
+            try:
+                await reply.write(chunk + b"\n")
+            except ConnectionError as exc:  # the caller went away: the stream ends (499)
+                raise ConnectionClosedError(f"the caller of {packet.command!r} left") from exc
+
+        frame = await self.dispatcher.handle_frame(session, packet, "http", Sink(send, None))
+        with contextlib.suppress(ConnectionError):
+            await reply.write(frame + b"\n")
+            await reply.write_eof()
+        return reply
 
     async def events(self, request: web.Request) -> web.Response:
         """``GET /events``: the long poll of an HTTP-only peer (§7)."""

@@ -31,15 +31,27 @@ class Route:
     command: type[Command[Any]] | None = None
     plain: bool = field(init=False)
     """True when the handler is a plain function (not ``async def``): it may run inline."""
+    stream: bool = field(init=False)
+    """True when the handler is an ``async def`` generator: its items are streamed (§10)."""
 
     def describe(self) -> dict[str, Any]:
         """What `/about` lists for this route."""
-        if self.command is not None:
-            return self.command.describe()
-        return {"name": self.name}
+        described: dict[str, Any] = self.command.describe() if self.command else {"name": self.name}
+        if self.stream:
+            described["stream"] = True
+        return described
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "plain", not is_async(self.handler))
+        stream = inspect.isasyncgenfunction(self.handler) or inspect.isasyncgenfunction(
+            type(self.handler).__call__
+        )
+        if self.command is not None and self.command.streams() and not stream:
+            raise TypeError(
+                f"{self.command.__name__} streams: its handler must be an async generator "
+                "(an `async def` that yields its items)"
+            )
+        object.__setattr__(self, "stream", stream)
+        object.__setattr__(self, "plain", not stream and not is_async(self.handler))
 
     def invoke(self, connection: Connection, request: Request) -> Any:
         """Validate the params and call the handler (exceptions propagate).

@@ -76,6 +76,7 @@ class WebSocketEndpoint:
                 on_request=functools.partial(
                     self.dispatcher.answer, session, transport="websocket"
                 ),
+                on_control=session.runs.control,
                 on_event=lambda event: self.dispatcher.deliver(session, event, "websocket"),
                 max_in_flight=settings.max_in_flight,
                 max_pending_events=settings.max_pending_events,

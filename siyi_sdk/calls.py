@@ -1,0 +1,378 @@
+"""Deadlines, cancellation and streamed answers (PROTOCOL.md §9, §10): one engine for both sides.
+
+The side that sends a Request stamps its time budget on it (`stamp`: ``meta.timeout``, capped by
+what is left of the budget of the handler it runs in, as gRPC propagates deadlines). The side
+that answers runs the handler through `Runs.run`: under the smaller of that budget and its own
+deadline (408 when it runs out), cancellable by the sender's ``siyi.cancel`` (499), and, for a
+streaming handler, through `Runs.pump`, which sends ``siyi.chunk`` events no further ahead of
+the requester's ``siyi.ack`` than its window. `Inbox` is the requester's end of a stream.
+
+The server keeps one `Runs` per session (`Connection.runs`), a client one per session it holds
+(`SessionRef.runs`): request ids are scoped by session (§6), and so are their cancels and acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Final, NamedTuple
+
+from .packets import Event, Request, Response, StatusCode, encode_event, encode_ok
+
+__all__ = [
+    "ACK_EVENT",
+    "CANCEL_EVENT",
+    "CHUNK_EVENT",
+    "DEFAULT_WINDOW",
+    "RESERVED_PREFIX",
+    "Inbox",
+    "Runs",
+    "Sink",
+    "aclose",
+    "budget",
+    "collect",
+    "is_reserved",
+    "remaining",
+    "requested_timeout",
+    "requested_window",
+    "stamp",
+    "within",
+]
+
+logger = logging.getLogger(__name__)
+
+RESERVED_PREFIX: Final = "siyi."
+"""Event names that begin with this are the protocol's own (§10): never a user's handler's."""
+CANCEL_EVENT: Final = "siyi.cancel"
+"""``{"id": <request id>}``: the sender withdraws its request (§10)."""
+CHUNK_EVENT: Final = "siyi.chunk"
+"""``{"id": <request id>, "seq": N, "data": <item>}``: one item of a streamed answer (§10)."""
+ACK_EVENT: Final = "siyi.ack"
+"""``{"id": <request id>, "seq": N}``: the requester consumed every chunk up to N (§10)."""
+
+DEFAULT_WINDOW: Final = 16
+"""Chunks a streamed answer may have in flight by default (§10): enough to keep a loopback
+link busy with small items, little enough to bound what a slow consumer holds."""
+
+CANCELLED_MESSAGE: Final = "cancelled: the sender withdrew the request"
+
+_deadline: ContextVar[float | None] = ContextVar("siyi_deadline", default=None)
+"""When the budget of the handler running in this context ends (`time.monotonic()`)."""
+
+_chunk_ids = itertools.count()
+_CHUNK_PREFIX: Final = secrets.token_hex(6)
+
+
+async def aclose(items: AsyncIterator[Any]) -> None:
+    """Close an async iterator that has an ``aclose``, such as an async generator.
+
+    Its ``finally`` then runs now, not whenever the garbage collector gets to it.
+    """
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def is_reserved(name: str) -> bool:
+    """True for an event name the protocol reserves (``siyi.*``)."""
+    return name.startswith(RESERVED_PREFIX)
+
+
+def remaining() -> float | None:
+    """Seconds left of the budget of the handler running now; None outside one or unbounded."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def budget(timeout: float | None) -> float | None:
+    """The timeout of a request sent now: `timeout`, capped by the current handler's budget.
+
+    What is left of the budget of the handler this runs in, so a chain of calls never
+    outlives its first caller.
+    """
+    left = remaining()
+    if left is None:
+        return timeout
+    return left if timeout is None else min(timeout, left)
+
+
+@contextmanager
+def within(timeout: float | None) -> Iterator[None]:
+    """Bound the budget of what is sent inside the block to `timeout` seconds from now.
+
+    Requests sent inside carry no more than that in ``meta.timeout`` (`stamp`), however long
+    their adapter would wait: what `Api` and `AdapterManager` do with their own timeouts.
+    """
+    if timeout is None:
+        yield
+        return
+    deadline = time.monotonic() + timeout
+    current = _deadline.get()
+    token = _deadline.set(deadline if current is None else min(current, deadline))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def stamp(request: Request, timeout: float | None) -> float | None:
+    """Cap `timeout` by the current budget and carry it as the request's ``meta.timeout``.
+
+    Returns:
+        The timeout to wait for the answer with (None: no limit).
+    """
+    timeout = budget(timeout)
+    if timeout is not None:
+        meta = dict(request.meta) if request.meta else {}
+        meta["timeout"] = round(timeout, 3)
+        request.meta = meta
+    return timeout
+
+
+def requested_timeout(request: Request) -> float | None:
+    """The request's ``meta.timeout`` when it is a usable number of seconds, else None."""
+    meta = request.meta
+    if not meta:
+        return None
+    value: Any = meta.get("timeout")
+    if type(value) in (int, float) and value >= 0 and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def requested_window(request: Request) -> int | None:
+    """The request's ``meta.window`` when it is a positive integer, else None (no stream)."""
+    meta = request.meta
+    if not meta:
+        return None
+    value = meta.get("window")
+    return value if type(value) is int and value > 0 else None
+
+
+class Sink(NamedTuple):
+    """Where the chunks of a streamed answer go.
+
+    `send` writes one encoded chunk; `window` bounds the chunks not yet acknowledged (None:
+    the transport's own flow control does it, as TCP's for NDJSON over HTTP).
+    """
+
+    send: Callable[[bytes], Awaitable[None]]
+    window: int | None
+
+
+async def collect(request: Request, items: AsyncIterator[Any], max_size: int | None) -> Response:
+    """A streaming handler's items as one array, for a request that asked for no stream (§10).
+
+    413 when the array is over `max_size` bytes. `items` is closed either way.
+    """
+    try:
+        data = [item async for item in items]
+    finally:
+        await aclose(items)
+    if max_size is not None:
+        size = len(encode_ok(request.id, data))
+        if size > max_size:
+            return Response.fail(
+                request.id,
+                f"too large: the {len(data)} items of {request.command!r} make {size} bytes, "
+                f"over the limit of {max_size}; ask for a stream",
+                StatusCode.TOO_LARGE,
+            )
+    return Response.success(request.id, data)
+
+
+class _Run:
+    __slots__ = ("acked", "cancelled", "room", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.cancelled = False
+        self.acked = -1
+        self.room: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        room = self.room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+
+class Runs:
+    """The requests this side is answering for one session: their deadlines, cancels, acks."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, _Run] = {}
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._runs
+
+    async def run(
+        self, request: Request, answer: Awaitable[Response], limit: float | None
+    ) -> Response:
+        """Await `answer` (the handler's run) under the request's deadline, cancellable.
+
+        The deadline is the smaller of `limit` (this side's own) and the sender's
+        ``meta.timeout``; past it the run is cancelled and answered 408. A ``siyi.cancel`` for
+        the request (`cancel`) cancels it and answers 499. Inside, `remaining()` is what is
+        left, so requests the handler sends carry no more than that.
+        """
+        sent = requested_timeout(request)
+        timeout = limit if sent is None else sent if limit is None else min(limit, sent)
+        rid = request.id
+        task = asyncio.current_task()
+        run = _Run(task)
+        ours = rid not in self._runs
+        if ours:
+            self._runs[rid] = run
+        token = None if timeout is None else _deadline.set(time.monotonic() + timeout)
+        try:
+            if timeout is None:
+                return await answer
+            try:
+                async with asyncio.timeout(timeout) as scope:
+                    return await answer
+            except TimeoutError:
+                if not scope.expired():
+                    raise  # the handler's own timeout: the caller maps it like any exception
+                return Response.fail(
+                    rid,
+                    f"timeout: {request.command!r} ran past its deadline of {timeout:g} s",
+                    StatusCode.TIMEOUT,
+                )
+        except asyncio.CancelledError:
+            if not run.cancelled or task is None:
+                raise
+            task.uncancel()  # this cancel is answered here: the task goes on to send it
+            return Response.fail(rid, CANCELLED_MESSAGE, StatusCode.CANCELLED)
+        finally:
+            if token is not None:
+                _deadline.reset(token)
+            if ours:
+                del self._runs[rid]
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel the run of `request_id`; False (nothing changes) if none is running."""
+        run = self._runs.get(request_id)
+        if run is None or run.cancelled or run.task is None:
+            return False
+        run.cancelled = True
+        run.task.cancel(CANCELLED_MESSAGE)
+        return True
+
+    def ack(self, request_id: str, seq: int) -> None:
+        """The requester consumed every chunk of `request_id` up to `seq` (cumulative)."""
+        run = self._runs.get(request_id)
+        if run is not None and seq > run.acked:
+            run.acked = seq
+            run.wake()
+
+    def control(self, event: Event) -> None:
+        """Act on a reserved event of the answering side (``siyi.cancel``, ``siyi.ack``)."""
+        data = event.data
+        rid = data.get("id") if isinstance(data, dict) else None
+        if type(rid) is not str:
+            logger.debug("ignored %s without a request id: %r", event.name, data)
+            return
+        if event.name == CANCEL_EVENT:
+            self.cancel(rid)
+        elif event.name == ACK_EVENT:
+            assert isinstance(data, dict)
+            seq = data.get("seq")
+            if type(seq) is int:
+                self.ack(rid, seq)
+        else:
+            logger.debug("ignored the reserved event %r", event.name)
+
+    async def pump(
+        self,
+        request: Request,
+        items: AsyncIterator[Any],
+        send: Callable[[bytes], Awaitable[None]],
+        window: int | None,
+    ) -> Response:
+        """Send the items of a streamed answer as ``siyi.chunk`` events; the final Response.
+
+        With a `window`, no more than that many chunks are ever sent and not yet acknowledged,
+        and the next item is not even asked of `items` before there is room for it. `items`
+        is closed however this ends (its ``finally`` runs). An exception of `items` propagates
+        (the caller answers with it, after the chunks already sent).
+        """
+        rid = request.id
+        run = self._runs.get(rid) if window is not None else None
+        seq = 0
+        try:
+            while True:
+                if run is not None:
+                    assert window is not None
+                    while seq - run.acked > window:
+                        run.room = asyncio.get_running_loop().create_future()
+                        try:
+                            await run.room
+                        finally:
+                            run.room = None
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    break
+                chunk_id = f"{_CHUNK_PREFIX}-{next(_chunk_ids)}"
+                await send(
+                    encode_event(chunk_id, CHUNK_EVENT, {"id": rid, "seq": seq, "data": item})
+                )
+                seq += 1
+        finally:
+            await aclose(items)
+        return Response.success(rid, seq)
+
+
+class Inbox:
+    """The requester's end of one stream: chunks in arrival order, consumed one at a time."""
+
+    __slots__ = ("_waiter", "done", "items", "next_seq")
+
+    def __init__(self, done: asyncio.Future[Any]) -> None:
+        self.items: deque[Any] = deque()
+        self.next_seq = 0
+        self.done = done
+        """Set with the final Response (or the error that ends the stream)."""
+        self._waiter: asyncio.Future[None] | None = None
+        done.add_done_callback(self._done)
+
+    def _done(self, _: asyncio.Future[Any]) -> None:
+        self.wake()
+
+    def put(self, data: Any) -> None:
+        """Take the data of one ``siyi.chunk`` event (out-of-order or repeated ones dropped)."""
+        if not isinstance(data, dict) or data.get("seq") != self.next_seq:
+            logger.debug("dropped a chunk out of order: %r", data)
+            return
+        self.next_seq += 1
+        self.items.append(data.get("data"))
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the consumer (a chunk came, or the stream ended)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Wait until a chunk comes or `done` (the final Response) is set."""
+        if self.items or self.done.done():
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
