@@ -2,9 +2,10 @@
 
 Echo requests are fed straight to a `Peer` whose socket stand-in discards what is sent, 64 at
 a time, so the figures are siyi-sdk's Python cost alone (no kernel, no aiohttp I/O). Printed:
-CPU µs per request through the full dispatch path (no middleware: the flat path), with the
-at-most-once cache replaced by a pass-through (their difference is the cache's cost) and with
-one middleware that only passes the call on (the whole chain's machinery), then the process
+CPU µs per request through the full dispatch path (no middleware: the flat path); with every
+request carrying the ``meta.timeout`` the SDK's clients send (PROTOCOL.md §9); with the
+at-most-once cache replaced by a pass-through (their difference is the cache's cost); and with
+one middleware that only passes the call on (the whole chain's machinery). Then the process
 RSS as the cache fills to its bound (100,000 remembered Responses).
 """
 
@@ -60,6 +61,9 @@ class _PassThrough(ResponseCache):
         return 0
 
 
+PARAMS = {"m": "x" * 60}
+
+
 def _rss_mib() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -84,8 +88,10 @@ def _server(cache: ResponseCache | None, middleware: bool = False) -> ProtocolSe
     return server
 
 
-async def _feed(server: ProtocolServer, count: int, tag: str) -> float:
-    """Feed `count` echo requests; return the CPU µs per request."""
+async def _feed(
+    server: ProtocolServer, count: int, tag: str, meta: dict[str, Any] | None = None
+) -> float:
+    """Feed `count` echo requests (with `meta`, if given); return the CPU µs per request."""
     session = server.sessions.open(None, None, {})
     peer = Peer(
         _NullSocket(),
@@ -94,9 +100,10 @@ async def _feed(server: ProtocolServer, count: int, tag: str) -> float:
     )
     started = time.process_time()
     for i in range(count):
-        frame = orjson.dumps(
-            {"id": f"{tag}-{i}", "type": "request", "command": "echo", "params": {"m": "x" * 60}}
-        )
+        packet = {"id": f"{tag}-{i}", "type": "request", "command": "echo", "params": PARAMS}
+        if meta is not None:
+            packet["meta"] = meta
+        frame = orjson.dumps(packet)
         await peer._on_frame(frame)
         if i % 64 == 63:
             await asyncio.sleep(0)  # as a socket read would: let the handlers run
@@ -107,12 +114,14 @@ async def _feed(server: ProtocolServer, count: int, tag: str) -> float:
 
 async def main() -> None:
     """Print the figures (each the best of 3 runs of 60,000 requests), then RSS vs cache size."""
-    for label, cache, middleware in (
-        ("full path (no middleware)", None, False),
-        ("no at-most-once cache", _PassThrough(), False),
-        ("one pass-through middleware", None, True),
+    for label, cache, middleware, meta in (
+        ("full path (no middleware)", None, False, None),
+        ("with meta.timeout", None, False, {"timeout": 30.0}),
+        ("no at-most-once cache", _PassThrough(), False, None),
+        ("one pass-through middleware", None, True, None),
     ):
-        runs = [await _feed(_server(cache, middleware), 60_000, f"{label}{n}") for n in range(3)]
+        server = _server(cache, middleware)
+        runs = [await _feed(server, 60_000, f"{label}{n}", meta) for n in range(3)]
         best = min(runs)
         print(f"{label:28s} {best:6.2f} µs/request")
     server = _server(None)
