@@ -192,18 +192,31 @@ async def collect(request: Request, items: AsyncIterator[Any], max_size: int | N
 
 
 class _Run:
-    __slots__ = ("acked", "cancelled", "room", "task")
+    __slots__ = ("acked", "reason", "room", "task")
 
     def __init__(self, task: asyncio.Task[Any] | None) -> None:
         self.task = task
-        self.cancelled = False
+        self.reason: int | None = None
+        """Why this side cancelled the run: `StatusCode.TIMEOUT` or `CANCELLED`."""
         self.acked = -1
         self.room: asyncio.Future[None] | None = None
+
+    def stop(self, reason: int) -> bool:
+        """Cancel the run's task for `reason`, unless it was stopped already."""
+        if self.reason is not None or self.task is None or self.task.done():
+            return False
+        self.reason = reason
+        self.task.cancel()
+        return True
 
     def wake(self) -> None:
         room = self.room
         if room is not None and not room.done():
             room.set_result(None)
+
+
+def _deadline_passed(run: _Run) -> None:
+    run.stop(StatusCode.TIMEOUT)
 
 
 class Runs:
@@ -226,7 +239,8 @@ class Runs:
         The deadline is the smaller of `limit` (this side's own) and the sender's
         ``meta.timeout``; past it the run is cancelled and answered 408. A ``siyi.cancel`` for
         the request (`cancel`) cancels it and answers 499. Inside, `remaining()` is what is
-        left, so requests the handler sends carry no more than that.
+        left, so requests the handler sends carry no more than that. Both are one timer
+        handle and a flag, not an `asyncio.timeout` scope: this is on every request's path.
         """
         sent = requested_timeout(request)
         timeout = limit if sent is None else sent if limit is None else min(limit, sent)
@@ -236,27 +250,28 @@ class Runs:
         ours = rid not in self._runs
         if ours:
             self._runs[rid] = run
-        token = None if timeout is None else _deadline.set(time.monotonic() + timeout)
+        token = timer = None
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            token = _deadline.set(deadline)
+            timer = asyncio.get_running_loop().call_later(timeout, _deadline_passed, run)
         try:
-            if timeout is None:
-                return await answer
-            try:
-                async with asyncio.timeout(timeout) as scope:
-                    return await answer
-            except TimeoutError:
-                if not scope.expired():
-                    raise  # the handler's own timeout: the caller maps it like any exception
+            return await answer
+        except asyncio.CancelledError:
+            reason = run.reason
+            # Answered here, unless someone else (a shutdown) asked to cancel the task too.
+            if reason is None or task is None or task.uncancel() > 0:
+                raise
+            if reason == StatusCode.TIMEOUT:
                 return Response.fail(
                     rid,
                     f"timeout: {request.command!r} ran past its deadline of {timeout:g} s",
                     StatusCode.TIMEOUT,
                 )
-        except asyncio.CancelledError:
-            if not run.cancelled or task is None:
-                raise
-            task.uncancel()  # this cancel is answered here: the task goes on to send it
             return Response.fail(rid, CANCELLED_MESSAGE, StatusCode.CANCELLED)
         finally:
+            if timer is not None:
+                timer.cancel()
             if token is not None:
                 _deadline.reset(token)
             if ours:
@@ -265,11 +280,7 @@ class Runs:
     def cancel(self, request_id: str) -> bool:
         """Cancel the run of `request_id`; False (nothing changes) if none is running."""
         run = self._runs.get(request_id)
-        if run is None or run.cancelled or run.task is None:
-            return False
-        run.cancelled = True
-        run.task.cancel(CANCELLED_MESSAGE)
-        return True
+        return run is not None and run.stop(StatusCode.CANCELLED)
 
     def ack(self, request_id: str, seq: int) -> None:
         """The requester consumed every chunk of `request_id` up to `seq` (cumulative)."""
