@@ -1,0 +1,79 @@
+"""``siyi call``: one request over WebSocket or HTTP; the Response as one JSON line."""
+
+from __future__ import annotations
+
+import argparse
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..adapters.http import HttpAdapter
+from ..client import ProtocolClient
+from ..errors import RequestTimeoutError
+from ..packets import Request, Response, encode
+from .common import (
+    EXIT_ERROR_RESPONSE,
+    EXIT_NO_ANSWER,
+    EXIT_OK,
+    HTTP_SCHEMES,
+    WEBSOCKET_SCHEMES,
+    describe,
+    headers,
+    one_connection,
+    tell,
+)
+
+__all__ = ["run_call"]
+
+
+async def _call_websocket(args: argparse.Namespace, request: Request) -> Response:
+    client = ProtocolClient(
+        args.url,
+        request_timeout=args.timeout,
+        connect_timeout=args.timeout,
+        headers=headers(args),
+        ssl=args.tls,
+    )
+    async with one_connection(client):
+        return await client.send_packet(request)
+
+
+async def _call_http(args: argparse.Namespace, request: Request) -> Response:
+    async with HttpAdapter(
+        args.url, request_timeout=args.timeout, headers=headers(args), ssl=args.tls
+    ) as adapter:
+        return await adapter.send_packet(request)
+
+
+async def run_call(args: argparse.Namespace) -> int:
+    """Run ``siyi call``: send one request and print the Response.
+
+    Args:
+        args: the parsed arguments of the subcommand.
+
+    Returns:
+        The exit code: `EXIT_OK` for an ok Response, `EXIT_ERROR_RESPONSE` for an error one,
+        `EXIT_NO_ANSWER` for none.
+    """
+    request = Request(command=args.command_name, params=args.params)
+    scheme = urlsplit(args.url).scheme.lower()
+    if scheme in WEBSOCKET_SCHEMES:
+        send = _call_websocket
+    elif scheme in HTTP_SCHEMES:
+        send = _call_http
+    else:
+        tell(args, f"unsupported URL {args.url!r}: use ws://, wss://, http:// or https://")
+        return EXIT_NO_ANSWER
+    try:
+        response = await send(args, request)
+    except RequestTimeoutError:
+        tell(args, f"no response to {request.command!r} within {args.timeout:g} s")
+        return EXIT_NO_ANSWER
+    except (OSError, aiohttp.ClientError, TimeoutError) as exc:  # TransportError is an OSError
+        tell(args, f"cannot reach {args.url}: {describe(exc, args.timeout)}")
+        return EXIT_NO_ANSWER
+    print(encode(response).decode(), flush=True)
+    if response.ok:
+        return EXIT_OK
+    tell(args, f"error {response.code}: {response.error}")
+    return EXIT_ERROR_RESPONSE

@@ -1,0 +1,171 @@
+"""What the ``siyi`` subcommands share: exit codes, messages, logging, signals, one connection."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import aiohttp
+
+from ..client import ProtocolClient
+from ..errors import CertificateError, TransportError
+
+__all__ = [
+    "EXIT_ERROR_RESPONSE",
+    "EXIT_INTERRUPTED",
+    "EXIT_NO_ANSWER",
+    "EXIT_OK",
+    "HTTP_SCHEMES",
+    "WEBSOCKET_SCHEMES",
+    "configure_logging",
+    "describe",
+    "headers",
+    "one_connection",
+    "tell",
+    "until_signal",
+    "url_host",
+]
+
+EXIT_OK = 0
+"""Success (for `call`: an ok Response)."""
+EXIT_ERROR_RESPONSE = 1
+"""`call`: the server answered with an error Response; `demo`: a step failed."""
+EXIT_NO_ANSWER = 2
+"""No answer: the server could not be reached, the connection dropped, a timeout; bad usage."""
+EXIT_INTERRUPTED = 130
+"""`call` or `demo` was interrupted by Ctrl+C."""
+
+WEBSOCKET_SCHEMES = ("ws", "wss")
+"""The URL schemes of the WebSocket transport."""
+HTTP_SCHEMES = ("http", "https")
+"""The URL schemes of the HTTP transport."""
+
+T = TypeVar("T")
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """Log to stderr at the subcommand's level, moved by ``-v`` (repeatable) and ``-q``.
+
+    Args:
+        args: the parsed arguments (``log_level``, ``verbose``, ``quiet``).
+    """
+    default: int = args.log_level
+    level = logging.WARNING if args.quiet else max(logging.DEBUG, default - 10 * args.verbose)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def tell(args: argparse.Namespace, message: str) -> None:
+    """Say something on stderr, prefixed with the subcommand (stdout is for results).
+
+    Args:
+        args: the parsed arguments (``command`` names the subcommand).
+        message: what to say.
+    """
+    print(f"siyi {args.command}: {message}", file=sys.stderr, flush=True)
+
+
+def headers(args: argparse.Namespace) -> dict[str, str]:
+    """The HTTP headers of a connection: ``Authorization: Bearer KEY`` when ``--key`` is given.
+
+    Args:
+        args: the parsed arguments (``key``).
+    """
+    return {"Authorization": f"Bearer {args.key}"} if args.key else {}
+
+
+def describe(exc: BaseException, timeout: float) -> str:
+    """One line saying why a connection attempt failed.
+
+    Args:
+        exc: what the attempt raised.
+        timeout: the ``--timeout`` it ran under, in seconds.
+    """
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        if exc.status == 401:
+            return "the server refused the key (HTTP 401): pass the right one with --key"
+        return f"the server did not accept a WebSocket (HTTP {exc.status}): is it a siyi server?"
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"no connection within {timeout:g} s"
+    if isinstance(exc, CertificateError):
+        cause = getattr(exc.__cause__, "certificate_error", None)
+        reason = getattr(cause, "verify_message", None) or cause or exc
+        return (
+            f"the server's TLS certificate did not verify ({reason}): "
+            "if you trust it, pass its CA with --cafile FILE"
+        )
+    return str(exc) or type(exc).__name__
+
+
+def url_host(host: str) -> str:
+    """`host` as it stands in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+async def until_signal(work: Awaitable[T]) -> T | None:
+    """Run `work` until it ends or SIGINT/SIGTERM arrives.
+
+    On a signal `work` is cancelled (its ``finally`` blocks clean up) and None is returned.
+    Where signal handlers cannot be installed (Windows), Ctrl+C arrives as KeyboardInterrupt.
+
+    Returns:
+        What `work` returned, or None if a signal stopped it.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        installed.append(sig)
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return None if task.cancelled() else task.result()
+
+
+@contextlib.asynccontextmanager
+async def one_connection(client: ProtocolClient) -> AsyncIterator[asyncio.Task[None]]:
+    """Make one connection attempt (no reconnection); disconnect when the block ends.
+
+    Yields:
+        The task serving the connection: it ends when the connection drops.
+
+    Raises:
+        OSError, aiohttp.ClientError, TimeoutError: the connection could not be opened.
+    """
+    runner = asyncio.create_task(client.connect(auto_reconnect=False))
+    try:
+        connected = asyncio.create_task(client.wait_connected())
+        try:
+            await asyncio.wait({runner, connected}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+        # The connection may already have dropped again: it did open, which is what counts.
+        if not (connected.done() and not connected.cancelled()):
+            await runner  # raises why it could not connect
+            raise TransportError("the connection could not be opened")
+        yield runner
+    finally:
+        await client.disconnect()
+        await asyncio.gather(runner, return_exceptions=True)
