@@ -13,7 +13,8 @@ Both name the upload with an id (a UUID4 unless the caller gives one) and resume
 they ask ``GET /upload/{id}`` how much arrived and send the rest, from that offset. The digest
 covers the whole file: the WebSocket path keeps MD5 states at chunk boundaries (a bounded set)
 and continues from the one at or before the server's offset, re-reading only the gap. What the
-server shares with this module (header names, `FileInfo`) is in `siyi_sdk.wire`.
+server shares with this module (header names, `FileInfo`) is in `siyi_sdk.wire`; where the
+endpoint is and how its answers read is in `siyi_sdk.adapters.upload_endpoint`.
 """
 
 from __future__ import annotations
@@ -23,29 +24,24 @@ import hashlib
 import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import aiohttp
 import orjson
-from pydantic import ValidationError
 from tenacity import RetryCallState, stop_after_attempt
 
-from ..errors import (
-    BadRequestError,
-    BusyError,
-    ProtocolError,
-    TransportError,
-    UnauthorizedError,
-    error_for_response,
-)
-from ..packets import Response, parse_message
+from ..errors import BadRequestError, BusyError, TransportError, UnauthorizedError
 from ..retry import backoff
-from ..wire import FILE_MD5_HEADER, FILE_NAME_HEADER, RESUME_FROM, UPLOAD_ID_HEADER, FileInfo
-from .base import SessionRef
-from .tls import SSLOption, certificate_error, client_session
+from ..wire import FILE_MD5_HEADER, FILE_NAME_HEADER, UPLOAD_ID_HEADER, FileInfo
+from .tls import certificate_error, client_session
+from .upload_endpoint import (
+    MisplacedError,
+    UploadTarget,
+    fetch_status,
+    read_answer,
+    upload_urls,
+)
 from .upload_source import (
     CHUNK_SIZE,
     Hasher,
@@ -58,58 +54,13 @@ from .upload_source import (
     read_and_hash,
 )
 
+# UploadTarget and upload_urls live in upload_endpoint; they stay importable from here.
 __all__ = ["UploadTarget", "run_upload", "upload_urls"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class UploadTarget:
-    """Where and how one adapter uploads: the adapter builds it from its own settings.
-
-    Attributes:
-        label: how logs and errors name the upload (``"<adapter name> upload"``).
-        url: the HTTP endpoint: POST here, ``GET {url}/{id}`` for an upload's status.
-        ws_url: the WebSocket endpoint, or None to POST.
-        headers: the headers of every request (key, session), asked for afresh each time.
-        session: the adapter's session key holder (adopts a key the server returns).
-        sleep: how to wait between attempts.
-        reconnect_interval: the first backoff delay in seconds.
-        max_reconnect_interval: the backoff's ceiling.
-        attempts: attempts at the upload (the first and its resumes) before giving up.
-        connect_timeout: seconds to connect (None: no limit).
-        answer_timeout: seconds for the answer once the bytes are out (None: no limit).
-        heartbeat: seconds between pings on the upload WebSocket (None: none).
-        ssl: the adapter's TLS setting: an upload trusts what its adapter does.
-    """
-
-    label: str
-    url: str  # POST here; GET {url}/{id} for the status
-    ws_url: str | None  # the WebSocket channel, None to POST
-    headers: Callable[[], dict[str, str]]
-    session: SessionRef
-    sleep: Callable[[float], Awaitable[None]]
-    reconnect_interval: float
-    max_reconnect_interval: float
-    attempts: int
-    connect_timeout: float | None
-    answer_timeout: float | None
-    heartbeat: float | None = None
-    ssl: SSLOption = None
-
-
-@dataclass
-class _Status:
-    received: int
-    size: int
-    file: FileInfo | None
-
-
-class _Misplaced(BadRequestError):
-    """The server has a different number of bytes than the part started from: ask again."""
-
-
-_RETRY_ON = (TransportError, BusyError, _Misplaced)
+_RETRY_ON = (TransportError, BusyError, MisplacedError)
 
 
 class _Upload:
@@ -147,7 +98,7 @@ class _Upload:
                 with attempt:
                     offset = 0
                     if ask:
-                        status = await self._status()
+                        status = await fetch_status(self.target, self._http, self.upload_id)
                         if status is not None:
                             if status.size != self.source.size:
                                 raise BadRequestError(
@@ -191,64 +142,6 @@ class _Upload:
             result = self.progress(sent, self.source.size)
             if inspect.isawaitable(result):
                 await result
-
-    def _answer(self, status: int | str, body: bytes | str) -> FileInfo:
-        """The FileInfo of an ok answer; raise the typed error of any other."""
-        try:
-            packet = parse_message(body)
-        except ProtocolError as exc:
-            raise TransportError(f"{self.target.label}: {status} with no packet ({exc})") from None
-        if not isinstance(packet, Response):
-            raise TransportError(f"{self.target.label}: the server answered a {packet.type}")
-        if not packet.ok:
-            if packet.code == 400 and (packet.error or "").startswith(RESUME_FROM):
-                raise _Misplaced(packet.error or "", response=packet)
-            raise error_for_response(packet)
-        try:
-            return FileInfo.model_validate(packet.data)
-        except ValidationError:
-            raise TransportError(
-                f"{self.target.label}: the answer is not a file description: {packet.data!r}"
-            ) from None
-
-    async def _status(self) -> _Status | None:
-        """What the server has of this upload; None when it knows nothing of it."""
-        assert self._http is not None
-        url = f"{self.target.url}/{quote(self.upload_id, safe='')}"
-        try:
-            async with self._http.get(
-                url,
-                headers=self.target.headers(),
-                timeout=aiohttp.ClientTimeout(
-                    total=self.target.answer_timeout, sock_connect=self.target.connect_timeout
-                ),
-            ) as reply:
-                self.target.session.adopt(reply.headers, self.target.label)
-                body = await reply.read()
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise certificate_error(exc, url) from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransportError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
-        if reply.status == 200:
-            try:
-                obj: Any = orjson.loads(body)
-                file = obj.get("file")
-                return _Status(
-                    int(obj["received"]),
-                    int(obj["size"]),
-                    FileInfo.model_validate(file) if file is not None else None,
-                )
-            except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-                raise TransportError(f"GET {url}: not an upload status: {body[:200]!r}") from None
-        try:
-            packet = parse_message(body)
-        except ProtocolError:
-            raise TransportError(f"GET {url}: HTTP {reply.status} (no upload endpoint?)") from None
-        if isinstance(packet, Response) and not packet.ok:
-            if reply.status == 404:
-                return None
-            raise error_for_response(packet)
-        raise TransportError(f"GET {url}: HTTP {reply.status}")
 
     # HTTP ------------------------------------------------------------------------------------
 
@@ -296,7 +189,7 @@ class _Upload:
             ) as reply:
                 self.target.session.adopt(reply.headers, self.target.label)
                 answer = await reply.read()
-        return self._answer(f"HTTP {reply.status}", answer)
+        return read_answer(self.target.label, f"HTTP {reply.status}", answer)
 
     # WebSocket -------------------------------------------------------------------------------
 
@@ -370,32 +263,11 @@ class _Upload:
                     # A worker thread cannot be cancelled: let it finish with the hasher.
                     await asyncio.gather(reading, return_exceptions=True)
         if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-            return self._answer("WebSocket", message.data)
+            return read_answer(self.target.label, "WebSocket", message.data)
         raise TransportError(
             f"{self.target.ws_url}: the upload connection closed before the answer "
             f"({message.type.name}, code {ws.close_code})"
         )
-
-
-# Entry points for the adapters ----------------------------------------------------------------
-
-
-def upload_urls(ws_url: str, path: str) -> tuple[str, str]:
-    """The HTTP and WebSocket URLs of the upload endpoint at `path` of a WebSocket server.
-
-    ``upload_urls("wss://host:8765", "/upload")`` is
-    ``("https://host:8765/upload", "wss://host:8765/upload")``; a path in the WebSocket URL
-    (a server mounted at ``ws://host/siyi``) is kept as a prefix: ``.../siyi/upload``.
-    """
-    parts = urlsplit(ws_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
-    ws_scheme = "wss" if scheme == "https" else "ws"
-    # A server mounted under a prefix (``ws://host/siyi``) serves its uploads under it too.
-    path = parts.path.rstrip("/") + path
-    return (
-        urlunsplit((scheme, parts.netloc, path, "", "")),
-        urlunsplit((ws_scheme, parts.netloc, path, "", "")),
-    )
 
 
 async def run_upload(
