@@ -6,7 +6,8 @@ Run ``scripts/bench`` (installs the ``bench`` extra first) or ``python -m benchm
 - ``python -m benchmarks --quick``    under a minute, writes ``benchmarks/RESULTS-quick.md``;
 - ``python -m benchmarks --smoke``    a few seconds, writes nothing (the CI smoke test);
 - ``--uvloop`` adds a second pass on uvloop; ``--rows`` and ``--phases`` run a subset
-  (``--phases scaleout``: several nodes on a redis-server the run starts itself);
+  (``--phases scaleout``: several nodes on a redis-server the run starts itself;
+  ``--phases stream``: small items streamed from a siyi server, against the same sent as events);
 - ``PYTHONPATH=/path/to/copy python -m benchmarks ...`` measures another copy of ``siyi_sdk``
   (the workers run with ``python -P``, so the checkout's own package does not shadow it).
 

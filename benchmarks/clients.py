@@ -24,6 +24,20 @@ and says ``{"ready": true, "key": k}``: `k` names it to any node of the cluster 
 session key; python-socketio: its sid). The server side times the round trips; this process
 only answers.
 
+``python -m benchmarks.clients stream --row siyi_client --port N [--uvloop]`` opens one
+ProtocolClient to a siyi server, says ``{"ready": true, "default_window": w}`` (the window
+``ProtocolClient.stream`` uses when given none) and answers:
+
+- ``{"cmd": "go", "how": "stream", "items": n, "window": w|null}`` -> ``{"result": {...}}``:
+  ``client.stream("items", {"count": n}, window=w)`` (null: the default window), consumed
+  to the end; the clock runs from before the request until the last item is consumed;
+- ``{"cmd": "go", "how": "events", "items": n}`` -> ``{"result": {...}}``: asks the server's
+  ``events`` command to send `n` ``item`` events; the clock runs from before the request
+  until the client's event handler has received the last one.
+
+The result has the wall time, items/s and this process's CPU time; the order and the count
+of the items are checked.
+
 All stop on ``{"cmd": "quit"}`` or when stdin closes.
 """
 
@@ -363,6 +377,79 @@ class SocketIoAnswering(SocketIo):
         return sid
 
 
+class SiyiStreaming(SiyiClient):
+    """A ProtocolClient that takes the server's small items as one stream or as events."""
+
+    def __init__(self, port: int, shared: Shared) -> None:
+        from siyi_sdk import Event
+
+        super().__init__(port, shared, None)
+        self._expected = 0
+        self._received = 0
+        self._last = 0.0
+        self._all_in: asyncio.Future[None] | None = None
+
+        def on_item(event: Event) -> None:
+            all_in = self._all_in
+            if event.name != "item" or all_in is None or all_in.done():
+                return
+            if event.data != {"n": self._received}:
+                all_in.set_exception(
+                    AssertionError(f"event {self._received} came as {event.data!r}")
+                )
+                return
+            self._received += 1
+            if self._received == self._expected:
+                self._last = time.perf_counter()
+                all_in.set_result(None)
+
+        self.client.on_event(on_item)
+
+    @property
+    def default_window(self) -> int:
+        """The window `ProtocolClient.stream` uses when given none."""
+        import inspect
+
+        from siyi_sdk import ProtocolClient
+
+        window = inspect.signature(ProtocolClient.stream).parameters["window"].default
+        return int(window)
+
+    async def streamed(self, items: int, window: int | None) -> float:
+        """Stream `items` items to the end: seconds from the request to the last item."""
+        params = {"count": items}
+        clock = time.perf_counter
+        received = 0
+        last = start = clock()
+        stream = (
+            self.client.stream("items", params)
+            if window is None
+            else self.client.stream("items", params, window=window)
+        )
+        async for item in stream:
+            if item["n"] != received:
+                raise AssertionError(f"item {received} came as {item!r}")
+            received += 1
+            if received == items:
+                last = clock()
+        if received != items:
+            raise AssertionError(f"{received} of {items} items streamed")
+        return last - start
+
+    async def evented(self, items: int) -> float:
+        """Have `items` events sent: seconds from the request to the last one's receipt."""
+        self._expected, self._received = items, 0
+        all_in = self._all_in = asyncio.get_running_loop().create_future()
+        start = time.perf_counter()
+        response = await self.client.send_request("events", {"count": items})
+        if not response.ok or response.data != items:
+            raise RuntimeError(f"events failed: {response.error or response.data}")
+        # Sent before the response, in order on one WebSocket: the handler has them all.
+        async with asyncio.timeout(_TIMEOUT):
+            await all_in
+        return self._last - start
+
+
 ANSWERING: dict[str, Callable[[int, Shared], Answering]] = {
     "siyi_client": SiyiAnswering,
     "socketio": SocketIoAnswering,
@@ -460,6 +547,37 @@ async def answer(row: str, port: int) -> None:
         await shared.close()
 
 
+async def stream(row: str, port: int) -> None:
+    if row != "siyi_client":
+        raise ValueError(f"row {row!r} has no streams: only siyi_client")
+    shared = Shared()
+    client = SiyiStreaming(port, shared)
+    await client.start()
+    emit({"ready": True, "default_window": client.default_window})
+    lines = StdinLines()
+    try:
+        while True:
+            msg = await lines.next()
+            cmd = msg.get("cmd")
+            if cmd == "go":
+                items = int(msg["items"])
+                cpu = time.process_time()
+                if msg["how"] == "stream":
+                    elapsed = await client.streamed(items, msg.get("window"))
+                else:
+                    elapsed = await client.evented(items)
+                cpu = time.process_time() - cpu
+                result = {"items": items, "elapsed": elapsed, "ips": items / elapsed, "cpu": cpu}
+                emit({"result": result})
+            elif cmd == "quit":
+                break
+            else:
+                emit({"error": f"unknown command {cmd!r}"})
+    finally:
+        await client.close()
+        await shared.close()
+
+
 class Receipts:
     """Receipt times of broadcasts across the held connections of this process."""
 
@@ -551,7 +669,7 @@ async def hold(row: str, port: int, count: int, parallel: int) -> None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.clients")
-    parser.add_argument("mode", choices=["load", "hold", "answer"])
+    parser.add_argument("mode", choices=["load", "hold", "answer", "stream"])
     parser.add_argument("--row", choices=sorted(CLIENTS), required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, default=1, help="hold: connections to hold")
@@ -565,6 +683,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         run_worker(load(args.row, args.port), use_uvloop=args.uvloop)
     if args.mode == "answer":
         run_worker(answer(args.row, args.port), use_uvloop=args.uvloop)
+    if args.mode == "stream":
+        run_worker(stream(args.row, args.port), use_uvloop=args.uvloop)
     run_worker(hold(args.row, args.port, args.count, args.parallel), use_uvloop=args.uvloop)
 
 

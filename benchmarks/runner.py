@@ -36,12 +36,20 @@ __all__ = ["main"]
 ROOT: Final = Path(__file__).resolve().parent.parent
 RESULTS: Final = Path(__file__).resolve().parent / "RESULTS.md"
 QUICK_RESULTS: Final = Path(__file__).resolve().parent / "RESULTS-quick.md"
-PHASES: Final = ("load", "broadcast", "idle", "big", "scaleout")
+PHASES: Final = ("load", "stream", "broadcast", "idle", "big", "scaleout")
 SCALE_ROWS: Final = {
     "siyi_client": ("siyi ProtocolServer + ProtocolClient", "RedisBackplane"),
     "socketio": ("python-socketio AsyncServer + AsyncClient", "AsyncRedisManager"),
 }
 """The rows of the scale-out phase: the stacks with a Redis backplane (label, backplane)."""
+STREAM_WINDOW: Final = 64
+"""The larger window of the stream phase (the other variant takes the client's default)."""
+STREAM_VARIANTS: Final[tuple[tuple[str, str, int | None], ...]] = (
+    ("st_default", "stream", None),
+    ("st_wide", "stream", STREAM_WINDOW),
+    ("st_events", "events", None),
+)
+"""The stream phase's variants: (metric prefix, how the client takes the items, window)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,10 @@ class Settings:
     cross_warmup: int
     cross_requests: int
     cross_repeats: int
+    stream_items: int
+    """Small items per run of the stream phase, as one stream or as as many events."""
+    stream_warmup: int
+    stream_repeats: int
 
 
 PRESETS: Final = {
@@ -107,6 +119,9 @@ PRESETS: Final = {
         cross_warmup=300,
         cross_requests=2000,
         cross_repeats=5,
+        stream_items=100_000,
+        stream_warmup=10_000,
+        stream_repeats=5,
     ),
     "quick": Settings(
         mode="quick",
@@ -135,6 +150,9 @@ PRESETS: Final = {
         cross_warmup=100,
         cross_requests=500,
         cross_repeats=3,
+        stream_items=20_000,
+        stream_warmup=2_000,
+        stream_repeats=3,
     ),
     "smoke": Settings(
         mode="smoke",
@@ -163,6 +181,9 @@ PRESETS: Final = {
         cross_warmup=5,
         cross_requests=20,
         cross_repeats=1,
+        stream_items=300,
+        stream_warmup=50,
+        stream_repeats=1,
     ),
 }
 
@@ -394,6 +415,49 @@ async def phase_load(s: Settings, rows: list[Row], results: Results) -> None:
                     results.add(row.name, f"{figure}_cpu", (after["cpu"] - before["cpu"]) / n * 1e6)
                     results.add(row.name, f"{figure}_client_cpu", result["cpu"] / n * 1e6)
             log(f"load: repeat {rep + 1}/{s.repeats} done")
+    finally:
+        await procs.stop()
+
+
+async def phase_stream(s: Settings, results: Results) -> None:
+    """Small items from one siyi server to one client: as a stream (two windows), as events.
+
+    Each run is one client request: the client's clock runs from before it until the last
+    item is consumed (a stream) or received by its event handler (events). The server's CPU
+    time is read before and after each run, as in the load phase. The variants are
+    interleaved within each repeat.
+    """
+    procs = Processes(results.loop == "uvloop", results.pin)
+    row = "siyi_client"
+    try:
+        server = await procs.server("siyi", 30.0)
+        results.info["siyi_sdk"] = server.hello.get("siyi_sdk", "siyi_sdk")
+        client = await procs.client(
+            "siyi stream client", ["stream", "--row", row, "--port", str(server.port)]
+        )
+        results.info["stream_window"] = int(client.hello["default_window"])
+        for _, how, window in STREAM_VARIANTS:
+            go = {"cmd": "go", "how": how, "items": s.stream_warmup, "window": window}
+            await client.ask(go, "result", 300)
+        log(f"stream: warmed up; {s.stream_repeats} repeats of {s.stream_items:,} items")
+        for rep in range(s.stream_repeats):
+            figures = []
+            for key, how, window in STREAM_VARIANTS:
+                before = await _stats(server)
+                answer = await client.ask(
+                    {"cmd": "go", "how": how, "items": s.stream_items, "window": window},
+                    "result",
+                    900,
+                )
+                after = await _stats(server)
+                result = answer["result"]
+                n = s.stream_items
+                results.add(row, f"{key}_ips", result["ips"])
+                results.add(row, f"{key}_cpu", (after["cpu"] - before["cpu"]) / n * 1e6)
+                results.add(row, f"{key}_client_cpu", result["cpu"] / n * 1e6)
+                what = how if how == "events" else f"window {window or 'default'}"
+                figures.append(f"{what}: {result['ips']:,.0f} items/s")
+            log(f"stream: repeat {rep + 1}/{s.stream_repeats} done ({', '.join(figures)})")
     finally:
         await procs.stop()
 
@@ -739,6 +803,8 @@ async def run_loop(
 
     if "load" in phases and rows:
         await guarded("load", phase_load(s, rows, results))
+    if "stream" in phases and any(row.name == "siyi_client" for row in rows):
+        await guarded("stream", phase_stream(s, results))
     if "broadcast" in phases:
         for row in holding:
             await guarded(f"broadcast {row.name}", phase_broadcast(s, row, results))
@@ -959,6 +1025,46 @@ def scaleout_lines(s: Settings, rows: list[Row], results: Results) -> list[str]:
     return [*lines, "", *_table(header, body)]
 
 
+def stream_lines(s: Settings, results: Results) -> list[str]:
+    """The stream table: a row per variant, items/s and CPU per item."""
+    default = results.info.get("stream_window", "default")
+    lines = [
+        f'Streams: {s.stream_items:,} small items (`{{"n": i}}`) from a siyi ProtocolServer '
+        "to a ProtocolClient (each in its own process) in one request: as one stream "
+        "(`client.stream` of an `async def` generator command, acknowledged every half "
+        "window) and as as many events (the command's handler calls `connection.send_event` "
+        f"in a loop; the client's `on_event` handler takes them). {s.stream_repeats} repeats "
+        f"after a warm-up of {s.stream_warmup:,} items per variant, variants interleaved; "
+        "from the request until the last item is consumed (received, for events).",
+        "",
+    ]
+    header = [
+        "variant",
+        "items/s",
+        "server CPU µs/item",
+        "client CPU µs/item",
+        "items/s vs events",
+    ]
+    labels = {
+        "st_default": f"stream, window {default} (the default)",
+        "st_wide": f"stream, window {STREAM_WINDOW}",
+        "st_events": "events",
+    }
+    row = "siyi_client"
+    g, m = results.get, results.median
+    body = [
+        [
+            labels[key],
+            cell(g(row, f"{key}_ips")),
+            cell(g(row, f"{key}_cpu"), _digits_us(g(row, f"{key}_cpu"))),
+            cell(g(row, f"{key}_client_cpu"), _digits_us(g(row, f"{key}_client_cpu"))),
+            _ratio(m(row, f"{key}_ips"), m(row, "st_events_ips")) if key != "st_events" else "—",
+        ]
+        for key, _, _ in STREAM_VARIANTS
+    ]
+    return [*lines, *_table(header, body)]
+
+
 def report(s: Settings, rows: list[Row], results: Results, phases: set[str]) -> list[str]:
     lines = [f"### Event loop: {results.loop}", ""]
     lines.append(
@@ -993,6 +1099,8 @@ def report(s: Settings, rows: list[Row], results: Results, phases: set[str]) -> 
             ]
         )
     lines += _table(header, body)
+    if "stream" in phases:
+        lines += ["", *stream_lines(s, results)]
     big_n = s.big_conns or s.idle_conns
     big = "big" if s.big_conns else "idle"
     hb = s.big_heartbeat if s.big_conns else s.idle_heartbeat
@@ -1127,6 +1235,15 @@ METHOD: Final = """\
   (`time.process_time()`, i.e. CLOCK_PROCESS_CPUTIME_ID: user + system, every thread, with
   nanosecond resolution where `/proc/<pid>/stat` counts 10 ms ticks) just before and just
   after each fixed run; the difference divided by the run's requests.
+- Streams (phase `stream`, siyi only): one server process, one client process, one
+  connection. A stream is `client.stream("items", {"count": n}, window=w)` consumed to the
+  end, with the client's default window and with a larger one; events are one request to a
+  command whose handler sends the same `n` items with `connection.send_event` one after
+  another (no flow control but the outbox's), taken by a plain `on_event` handler. The client
+  checks the order and count of the items and times (`perf_counter`) from before the request
+  until the last item reaches its loop or handler; items/s is n / that time. Server CPU per
+  item: the server's CPU time before and after each run (as above), divided by n; client CPU
+  per item likewise in the client.
 - Broadcast: N clients of the row's own client library, split over a few client processes,
   all connected before the first broadcast. The server takes `time.monotonic()` just before
   its broadcast call (raw aiohttp: a loop of `send_frame` over its sockets with the frame

@@ -23,7 +23,11 @@ Every stack echoes the same way: a request's params come back as the response's 
   inline by the reader) and ``POST /general`` (orjson in, orjson out).
 - socketio: python-socketio ``AsyncServer(async_mode="aiohttp")``, an ``echo`` event whose
   return value is the ack.
-- siyi: siyi-sdk's ``ProtocolServer`` with an ``echo`` route, default settings otherwise.
+- siyi: siyi-sdk's ``ProtocolServer`` with an ``echo`` route, default settings otherwise. For
+  the stream phase it also has ``items`` (an ``async def`` generator: ``{"count": n}`` streams
+  ``{"n": 0}`` .. ``{"n": n - 1}``, PROTOCOL.md §10) and ``events`` (``{"count": n}`` sends the
+  same items to the caller as ``item`` events, one ``send_event`` after another, then answers
+  `n`).
 
 With ``--redis URL`` the server is one node of several sharing that Redis: siyi with
 ``backplane=RedisBackplane(URL, prefix=P)``, python-socketio with
@@ -41,6 +45,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn, Protocol
 
 import orjson
@@ -257,6 +262,21 @@ class SiyiServer:
         @self.server.command("echo")
         def echo(connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
             return params
+
+        # The stream phase: the same small items as one stream, or as as many events.
+        @self.server.command("items")
+        async def items(
+            connection: Connection, params: dict[str, Any]
+        ) -> AsyncIterator[dict[str, int]]:
+            for n in range(int(params["count"])):
+                yield {"n": n}
+
+        @self.server.command("events")
+        async def events(connection: Connection, params: dict[str, Any]) -> int:
+            count = int(params["count"])
+            for n in range(count):
+                await connection.send_event("item", {"n": n})
+            return count
 
     async def start(self) -> int:
         await self.server.start_serving()
