@@ -1,4 +1,9 @@
-"""WebSocketAdapter: a self-reconnecting WebSocket to the server, SEND and RECEIVE."""
+"""WebSocketAdapter: a self-reconnecting WebSocket to the server, SEND and RECEIVE.
+
+The adapter's calls, its connection loop (reconnecting after a drop, with its state) and its
+uploads' target. One connection attempt (the upgrade, the server's greeting) and the retries
+with backoff are in `siyi_sdk.adapters.connecting`.
+"""
 
 from __future__ import annotations
 
@@ -12,38 +17,19 @@ import aiohttp
 from tenacity import RetryCallState
 
 from ..calls import DEFAULT_WINDOW, Sink, aclose, requested_window
-from ..errors import (
-    ConnectionClosedError,
-    ForbiddenError,
-    NotConnectedError,
-    ProtocolError,
-    TransportError,
-    UnauthorizedError,
-)
-from ..packets import (
-    SESSION_EVENT,
-    TAKEN_OVER,
-    Event,
-    Request,
-    RequestPacket,
-    ResponsePacket,
-    parse_message,
-)
+from ..errors import ConnectionClosedError, NotConnectedError
+from ..packets import TAKEN_OVER, Event, Request, RequestPacket, ResponsePacket
 from ..peer import Peer
-from ..retry import backoff
 from ..wire import DEFAULT_MAX_MESSAGE_SIZE, FileInfo
-from .base import Adapter, AdapterMode, check_protocol
-from .tls import SSLOption, certificate_error, client_session
+from .base import Adapter, AdapterMode
+from .connecting import connect_retrying, open_websocket, read_greeting, upgrade_headers
+from .tls import SSLOption, client_session
 from .upload import UploadTarget, run_upload, upload_urls
 from .upload_source import UploadProgress, UploadSource
 
 __all__ = ["WebSocketAdapter"]
 
 logger = logging.getLogger(__name__)
-
-
-# What a failed connection attempt can raise; anything else is a bug and stops the loop.
-_RETRYABLE = (OSError, aiohttp.ClientError, TimeoutError, TransportError)
 
 
 class WebSocketAdapter(Adapter):
@@ -289,11 +275,7 @@ class WebSocketAdapter(Adapter):
             self._http = None
 
     def _upgrade_headers(self) -> dict[str, str]:
-        headers = dict(self.headers)
-        if self.token is not None:
-            headers["Authorization"] = f"Bearer {self.token}"
-        headers.update(self.session.header())
-        return headers
+        return upgrade_headers(self.headers, self.token, self.session)
 
     async def _open(self) -> tuple[Peer, str | bytes | None]:
         """One connection attempt: the upgrade, then the server's `session` event.
@@ -311,37 +293,14 @@ class WebSocketAdapter(Adapter):
         if self._http is None or self._http.closed:
             self._http = client_session(self.ssl)
         async with asyncio.timeout(self.connect_timeout):
-            try:
-                ws = await self._http.ws_connect(
-                    self.url,
-                    heartbeat=self.heartbeat_interval,
-                    # aiohttp refuses a frame of exactly max_msg_size; the limit is allowed.
-                    max_msg_size=self.max_message_size + 1,
-                    headers=self._upgrade_headers(),
-                    autoclose=True,
-                    autoping=True,
-                )
-            except aiohttp.ClientConnectorCertificateError as exc:
-                raise certificate_error(exc, self.url) from exc
-            except aiohttp.WSServerHandshakeError as exc:
-                if exc.status == 401:
-                    raise UnauthorizedError(f"{self.url} refused the key: {exc.message}") from exc
-                if exc.status == 403:
-                    # The session key belongs to another principal: retrying cannot help.
-                    raise ForbiddenError(
-                        f"{self.url} refused the session key: it belongs to another principal"
-                    ) from exc
-                raise
-            first: str | bytes | None = None
-            try:
-                msg = await ws.receive()
-                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    first = msg.data
-                    if self._take_session_event(first):
-                        first = None
-            except BaseException:
-                await ws.close()
-                raise
+            ws = await open_websocket(
+                self._http,
+                self.url,
+                headers=self._upgrade_headers(),
+                heartbeat=self.heartbeat_interval,
+                max_message_size=self.max_message_size,
+            )
+            first = await read_greeting(ws, self.session, self.name)
         peer = Peer(
             ws,
             on_request=self.handle_request,
@@ -352,29 +311,6 @@ class WebSocketAdapter(Adapter):
             max_message_size=self.max_message_size,
         )
         return peer, first
-
-    def _take_session_event(self, frame: str | bytes) -> bool:
-        """Consume the server's `session` event (PROTOCOL.md §7); False if `frame` is not one.
-
-        Raises:
-            ProtocolVersionError: the server speaks another protocol.
-        """
-        try:
-            packet = parse_message(frame)
-        except ProtocolError:
-            return False
-        if not isinstance(packet, Event) or packet.name != SESSION_EVENT:
-            return False
-        info = packet.data if isinstance(packet.data, dict) else {}
-        check_protocol(info.get("protocol"))
-        self.session.update(info.get("session"), self.name)
-        if info.get("resumed"):
-            logger.info(
-                "%s: session resumed; %s packets were dropped while away",
-                self.name,
-                info.get("dropped", 0),
-            )
-        return True
 
     def _log_retry(self, state: RetryCallState) -> None:
         self._attempted.set()
@@ -391,17 +327,13 @@ class WebSocketAdapter(Adapter):
         )
 
     async def _connect_retrying(self) -> tuple[Peer, str | bytes | None]:
-        retrying = backoff(
-            self.reconnect_interval,
-            self.max_reconnect_interval,
-            self._sleep,
-            _RETRYABLE,
-            self._log_retry,
+        return await connect_retrying(
+            self._open,
+            initial=self.reconnect_interval,
+            maximum=self.max_reconnect_interval,
+            sleep=self._sleep,
+            on_retry=self._log_retry,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._open()
-        raise AssertionError("unreachable: tenacity retries until success")  # pragma: no cover
 
     async def _serve(self, *, auto_reconnect: bool) -> None:
         """Connect; read until the connection drops; repeat while `auto_reconnect`."""
