@@ -42,7 +42,7 @@ SCALE_ROWS: Final = {
     "socketio": ("python-socketio AsyncServer + AsyncClient", "AsyncRedisManager"),
 }
 """The rows of the scale-out phase: the stacks with a Redis backplane (label, backplane)."""
-STREAM_WINDOW: Final = 64
+STREAM_WINDOW: Final = 256
 """The larger window of the stream phase (the other variant takes the client's default)."""
 STREAM_VARIANTS: Final[tuple[tuple[str, str, int | None], ...]] = (
     ("st_default", "stream", None),

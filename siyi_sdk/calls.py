@@ -58,9 +58,11 @@ CHUNK_EVENT: Final = "siyi.chunk"
 ACK_EVENT: Final = "siyi.ack"
 """``{"id": <request id>, "seq": N}``: the requester consumed every chunk up to N (§10)."""
 
-DEFAULT_WINDOW: Final = 16
-"""Chunks a streamed answer may have in flight by default (§10): enough to keep a loopback
-link busy with small items, little enough to bound what a slow consumer holds."""
+DEFAULT_WINDOW: Final = 64
+"""Chunks a streamed answer may have in flight by default (§10). Acknowledged every half window,
+so the sender wakes once per 32 items: measured on loopback, a window of 16 cost twice the
+server CPU per item and reached a third of the rate of plain events; 64 is on a par with them.
+It bounds what a slow consumer holds to 64 items."""
 
 CANCELLED_MESSAGE: Final = "cancelled: the sender withdrew the request"
 

@@ -56,3 +56,8 @@ def test_smoke_run_prints_the_table(tmp_path: Path) -> None:
         if line.startswith("| siyi ProtocolServer + ProtocolClient + RedisBackplane")
     )
     assert "—" not in cross.split("|")[4], cross
+    # The stream phase (issue 13): every variant measured its items/s.
+    assert "| variant | items/s |" in out
+    for variant in ("stream, window 64 (the default)", "stream, window 256", "events"):
+        line = next(line for line in lines if line.startswith(f"| {variant} |"))
+        assert "—" not in line.split("|")[2], line
