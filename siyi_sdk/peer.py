@@ -365,7 +365,10 @@ class Peer:
 
         The close frame follows what is already in the socket's buffer; if the other side has
         not taken it within `timeout` seconds (it does not read), the connection is cut.
+        Requests withdrawn just before (``siyi.cancel`` on its way) are sent first.
         """
+        if self._background:
+            await asyncio.wait(self._background, timeout=min(timeout, 1.0))
         self._closing = True
         await self._close_within(code, message, timeout)
 

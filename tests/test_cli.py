@@ -383,3 +383,53 @@ async def test_serve_refuses_a_bad_redis_url() -> None:
     code, _, child = await siyi("serve", "--port", "0", "--redis", "nonsense://x")
     assert code == 2, child.output()
     assert "siyi serve: --redis:" in child.text("stderr")
+
+
+# call --stream -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def counting_server(make_server: ServerFactory) -> tuple[ProtocolServer, asyncio.Event]:
+    """A server whose ``count`` streams 0..upto-1, then waits forever (``forever``: true)."""
+    server = await make_server()
+    closed = asyncio.Event()
+
+    @server.command("count")
+    async def count(connection: Connection, params: dict[str, Any]) -> AsyncIterator[int]:
+        try:
+            for n in range(int(params["upto"])):
+                yield n
+            if params.get("forever"):
+                await asyncio.Event().wait()
+        finally:
+            closed.set()
+
+    return server, closed
+
+
+@pytest.mark.parametrize("scheme", ["ws", "http"])
+async def test_call_stream_prints_each_item_as_a_json_line(
+    counting_server: tuple[ProtocolServer, asyncio.Event], scheme: str
+) -> None:
+    server, _ = counting_server
+    code, out, child = await siyi(
+        "call", f"{scheme}://127.0.0.1:{server.port}", "count", '{"upto": 5}', "--stream"
+    )
+    assert code == 0, child.output()
+    assert [json.loads(line) for line in out.splitlines()] == [0, 1, 2, 3, 4]
+
+
+@posix_only
+@pytest.mark.parametrize("scheme", ["ws", "http"])
+async def test_ctrl_c_during_call_stream_closes_the_servers_generator(
+    counting_server: tuple[ProtocolServer, asyncio.Event], scheme: str
+) -> None:
+    server, closed = counting_server
+    url = f"{scheme}://127.0.0.1:{server.port}"
+    params = '{"upto": 3, "forever": true}'
+    async with running("-m", "siyi_sdk", "call", url, "count", params, "--stream") as child:
+        await child.wait_line("2", "stdout")
+        assert not closed.is_set()
+        child.interrupt()
+        assert await child.wait_exit() == 130
+        await wait_for(closed.wait(), STARTUP)

@@ -238,3 +238,27 @@ async def test_a_clients_handler_streams_its_answer_to_the_server(
         if n == 2:
             break
     await asyncio.wait_for(closed.wait(), WAIT)
+
+
+async def test_the_demo_game_streams_its_players_and_follows_new_ones() -> None:
+    from siyi_sdk.demo.commands import PlayerJoined, PlayerSeen, WatchPlayers
+    from siyi_sdk.demo.game import GameState, create_game_server
+
+    game = GameState({"overworld": ["Steve"], "nether": ["Piglin"]})
+    server = create_game_server(port=0, state=game, heartbeat_interval=None)
+    async with server, WebSocketAdapter(ws_url(server), request_timeout=WAIT) as ws:
+        await ws.wait_connected(WAIT)
+        api = Api(ws)
+        everyone = await api.collect(WatchPlayers())
+        assert everyone == [
+            PlayerSeen(world="overworld", player_name="Steve"),
+            PlayerSeen(world="nether", player_name="Piglin"),
+        ]
+        followed: list[str] = []
+        async for seen in api.stream(WatchPlayers(follow=True)):
+            followed.append(seen.player_name)
+            if len(followed) == 2:
+                await api.send_event(PlayerJoined(player_name="Alex"))
+            if len(followed) == 3:
+                break
+    assert followed == ["Steve", "Piglin", "Alex"]

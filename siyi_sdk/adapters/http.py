@@ -121,6 +121,7 @@ class HttpAdapter(Adapter):
         self._checked = False
         self._poller: asyncio.Task[None] | None = None
         self._answering: set[asyncio.Task[None]] = set()
+        self._withdrawing: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -140,7 +141,12 @@ class HttpAdapter(Adapter):
             logger.error("%s: stopped receiving: %s", self.name, task.exception())
 
     async def close(self) -> None:
-        """Stop polling; close the session and its connections."""
+        """Stop polling; close the session and its connections.
+
+        Requests withdrawn just before (``siyi.cancel`` on its way) are sent first.
+        """
+        if self._withdrawing:
+            await asyncio.wait(self._withdrawing, timeout=1.0)
         tasks = [t for t in (self._poller, *self._answering) if t is not None]
         for task in tasks:
             task.cancel()
@@ -228,8 +234,8 @@ class HttpAdapter(Adapter):
             return
         cancel = Event(name=CANCEL_EVENT, data={"id": request_id})
         task = asyncio.get_running_loop().create_task(self._post_quietly(cancel))
-        self._answering.add(task)
-        task.add_done_callback(self._answering.discard)
+        self._withdrawing.add(task)
+        task.add_done_callback(self._withdrawing.discard)
 
     async def _post_quietly(self, packet: Packet) -> None:
         try:

@@ -5,6 +5,7 @@ Subcommands::
     siyi serve [--host 127.0.0.1] [--port 8765] [--heartbeat 30] [--cert FILE --key FILE]
                                      the demo game server (TLS with --cert)
     siyi call URL COMMAND [JSON]     one request; prints the Response as one JSON line
+              [--stream]             a streaming command's items, one JSON line each
     siyi listen URL                  prints each event the server sends as one JSON line
     siyi upload URL FILE             uploads a file; prints what the server stored as JSON
     siyi demo                        a server and two clients in one process, narrated

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_json_object,
         help="the params, a JSON object ('-' reads it from stdin)",
     )
+    call.add_argument(
+        "--stream",
+        action="store_true",
+        help="for a streaming command: print each item as one JSON line as it arrives; "
+        "Ctrl+C withdraws the request on the server",
+    )
     _add_connection_options(call)
     call.set_defaults(run=run_call, log_level=logging.WARNING)
 

@@ -23,9 +23,11 @@ __all__ = [
     "GetPlayerList",
     "GetStatus",
     "PlayerJoined",
+    "PlayerSeen",
     "PlayerUpdate",
     "PlayerUpdatedNotification",
     "SaveWorld",
+    "WatchPlayers",
 ]
 
 
@@ -58,6 +60,22 @@ class SaveWorld(Command[int]):
     """``save_world``: write a world to disk (slow); the result counts the saves done so far."""
 
     world: str = "overworld"
+
+
+class PlayerSeen(BaseModel):
+    """One item of `WatchPlayers`: a player, and the world they are in."""
+
+    world: str
+    player_name: str
+
+
+class WatchPlayers(Command[PlayerSeen], stream=True):
+    """``watch_players``, a streaming command: every player in every world, one by one.
+
+    With `follow`, it goes on with each player who joins, as they join, until the caller stops.
+    """
+
+    follow: bool = False
 
 
 class PlayerJoined(EventModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -23,9 +23,11 @@ from .commands import (
     GetPlayerList,
     GetStatus,
     PlayerJoined,
+    PlayerSeen,
     PlayerUpdate,
     PlayerUpdatedNotification,
     SaveWorld,
+    WatchPlayers,
 )
 
 __all__ = [
@@ -117,12 +119,14 @@ def create_game_server(
 ) -> ProtocolServer:
     """Build the demo game server (not started).
 
-    Commands: ``echo`` (answers its params), ``get_status`` (`GameStatus`),
-    ``get_player_list`` (``{"world": "overworld"}`` -> ``list[str]``; an unknown world gets
-    code `UNKNOWN_WORLD`). Events: ``player_joined`` adds the player and is relayed to the other
-    clients; ``player_update`` is relayed to the other clients as
+    Commands: ``echo`` (answers its params), ``get_status`` (`GameStatus`), ``get_player_list``
+    (``{"world": "overworld"}`` -> ``list[str]``; an unknown world gets code `UNKNOWN_WORLD`),
+    ``save_world`` (slow), ``watch_players`` (streams `PlayerSeen` items; with ``{"follow":
+    true}`` it goes on with each player who joins). Events: ``player_joined`` adds the player
+    and is relayed to the other clients; ``player_update`` is relayed to the other clients as
     ``player_updated_notification``. On connect, the server asks the client for its
-    ``get_status`` (as the seed's server does) and keeps the answer in `GameState.client_status`.
+    ``get_status`` (as the seed's server does) and keeps the answer in
+    `GameState.client_status`.
 
     Args:
         host: the interface to bind.
@@ -167,6 +171,25 @@ def create_game_server(
         game.saves[params.world] = game.saves.get(params.world, 0) + 1
         await game.notify()
         return game.saves[params.world]
+
+    @server.command(WatchPlayers)
+    async def watch_players(
+        connection: Connection, params: WatchPlayers
+    ) -> AsyncIterator[PlayerSeen]:
+        seen: set[tuple[str, str]] = set()
+
+        def unseen() -> list[tuple[str, str]]:
+            return [
+                (w, p) for w, players in game.worlds.items() for p in players if (w, p) not in seen
+            ]
+
+        while True:
+            for world, player in unseen():
+                seen.add((world, player))
+                yield PlayerSeen(world=world, player_name=player)
+            if not params.follow:
+                return
+            await game.wait_until(lambda: bool(unseen()))
 
     @server.on_event
     async def on_event(connection: Connection, event: Event) -> None:
