@@ -158,16 +158,42 @@ class Chain(Generic[CallT]):
     ) -> Response | None:
         """Pass `call` through the chain to `terminal`; returns what the outermost returns.
 
-        `call.duration` is set when `terminal` returns (or raises).
+        `call.duration` is set when `terminal` returns (or raises). Each middleware gets the
+        next one as a small callable object, made once per call: no closure or coroutine per
+        step beyond the middlewares' own.
         """
         middlewares = self._middlewares
+        call_next: CallNext[CallT] = _Last(terminal)
+        for index in range(len(middlewares) - 1, 0, -1):
+            call_next = _Next(middlewares[index], call_next)
+        if not middlewares:
+            return await call_next(call)
+        return await middlewares[0](call, call_next)
 
-        async def step(index: int, current: CallT) -> Response | None:
-            if index == len(middlewares):
-                try:
-                    return await terminal(current)
-                finally:
-                    current.duration = time.monotonic() - current.arrived
-            return await middlewares[index](current, lambda nxt: step(index + 1, nxt))
 
-        return await step(0, call)
+class _Next(Generic[CallT]):
+    """`call_next` for one middleware: calls the next middleware with its own `call_next`."""
+
+    __slots__ = ("call_next", "middleware")
+
+    def __init__(self, middleware: Middleware[CallT], call_next: CallNext[CallT]) -> None:
+        self.middleware = middleware
+        self.call_next = call_next
+
+    def __call__(self, call: CallT) -> Awaitable[Response | None]:
+        return self.middleware(call, self.call_next)
+
+
+class _Last(Generic[CallT]):
+    """`call_next` for the innermost middleware: the terminal, timed into `call.duration`."""
+
+    __slots__ = ("terminal",)
+
+    def __init__(self, terminal: Callable[[CallT], Awaitable[Response | None]]) -> None:
+        self.terminal = terminal
+
+    async def __call__(self, call: CallT) -> Response | None:
+        try:
+            return await self.terminal(call)
+        finally:
+            call.duration = time.monotonic() - call.arrived
