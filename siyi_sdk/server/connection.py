@@ -25,18 +25,13 @@ from ..errors import (
 from ..packets import Event, Request, Response, encode, encode_event, kept, new_id
 from ..peer import Peer
 from ..pipeline import Call, Chain, Direction
+from .outbox import Outbox
 
 __all__ = ["Connection", "ServerCall"]
 
 logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
-
-_TRY_AGAIN_LATER = 1013
-"""The close code for a peer whose outbox a packet would overflow (PROTOCOL.md §4)."""
-
-_OVERFLOW_CLOSE_TIMEOUT = 10.0
-"""Seconds such a peer gets to read up to the close frame before its connection is cut."""
 
 
 class ServerCall(Call):
@@ -123,12 +118,8 @@ class Connection:
         self._pending: dict[str, asyncio.Future[Response]] = {}
         self._replaying = False
         # Frames for a WebSocket that does not read fast enough, sent in order by one task,
-        # so that a slow peer never makes a sender (a broadcast) wait. Bounded in bytes with
-        # the peer's other unsent bytes (`Peer.max_outbox_bytes`); `_outbox_peer` is the
-        # WebSocket they are for.
-        self._outbox: deque[tuple[str, bytes]] | None = None
-        self._outbox_peer: Peer | None = None
-        self._writer: asyncio.Task[None] | None = None
+        # so that a slow peer never makes a sender (a broadcast) wait (see `Outbox`).
+        self._outbox: Outbox | None = None
 
     def __repr__(self) -> str:
         state = "ended" if self.ended else ("attached" if self.is_connected else "detached")
@@ -186,8 +177,11 @@ class Connection:
             raise NotConnectedError(f"{self!r}: the session has ended")
         peer = self.peer
         if peer is not None and not peer.closed and not self._replaying:
-            if self._outbox or not peer.can_send_at_once(len(frame)):
-                overflow = self._queue(peer, packet_id, frame)
+            outbox = self._outbox
+            if outbox or not peer.can_send_at_once(len(frame)):
+                if outbox is None:
+                    outbox = self._outbox = Outbox()
+                overflow = outbox.queue(peer, packet_id, frame, keep=self._keep, owner=self)
                 if overflow is None:
                     return
                 # The outbox is full: the peer is being closed (1013) and what it held waits
@@ -205,79 +199,6 @@ class Connection:
     async def _keep(self, packet_id: str, frame: bytes) -> None:
         """Where a packet goes when the peer cannot take it now (a shared session routes it)."""
         self.buffer(packet_id, frame)
-
-    def _queue(self, peer: Peer, packet_id: str, frame: bytes) -> list[tuple[str, bytes]] | None:
-        """Queue a frame for `peer`, sent in order by one writer task.
-
-        The queued bytes count in the peer's `unsent`, with its answers on their way out.
-        When this frame would take them over the peer's `max_outbox_bytes`, the peer is
-        closed with 1013 (its session stays resumable) and nothing is queued.
-
-        Returns:
-            None once queued; on overflow, what must wait in the buffer instead, in order:
-            the frames queued and not yet handed to the socket, then this one.
-        """
-        outbox = self._outbox
-        if outbox is not None and self._outbox_peer is not peer:
-            outbox = None  # an earlier WebSocket's: its own writer sees to it
-        size = len(frame)
-        if peer.outbox_bytes + size > peer.max_outbox_bytes:
-            waiting = list(outbox) if outbox else []
-            if outbox:
-                peer.release_bytes(sum(len(queued) for _, queued in outbox))
-                outbox.clear()  # its writer stops after the frame it is sending
-            self._outbox = self._outbox_peer = self._writer = None
-            logger.info(
-                "%r: a packet of %d bytes would overflow the outbox (%d of %d bytes): "
-                "closing with 1013",
-                self,
-                size,
-                peer.outbox_bytes,
-                peer.max_outbox_bytes,
-            )
-            peer.shut(
-                _TRY_AGAIN_LATER,
-                "outbox full: resume the session to receive the rest",
-                _OVERFLOW_CLOSE_TIMEOUT,
-            )
-            waiting.append((packet_id, frame))
-            return waiting
-        if outbox is None:
-            outbox = self._outbox = deque()
-            self._outbox_peer = peer
-            self._writer = None
-        outbox.append((packet_id, frame))
-        peer.hold_bytes(size)
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_outbox(peer, outbox))
-        return None
-
-    async def _write_outbox(self, peer: Peer, outbox: deque[tuple[str, bytes]]) -> None:
-        task = asyncio.current_task()
-        try:
-            while outbox:
-                packet_id, frame = outbox.popleft()
-                try:
-                    await peer.send_raw(frame)
-                except (NotConnectedError, ConnectionClosedError):
-                    # Dropped: what was still queued waits in the buffer for its return.
-                    rest = list(outbox)
-                    outbox.clear()
-                    peer.release_bytes(sum(len(queued) for _, queued in rest))
-                    if outbox is self._outbox:
-                        await self._keep(packet_id, frame)
-                    # else an overflow (or a newer WebSocket) took over: this frame had
-                    # reached the socket, which delivers it or not with what it holds.
-                    for item in rest:
-                        await self._keep(*item)
-                    return
-                finally:
-                    peer.release_bytes(len(frame))
-        finally:
-            if self._writer is task:
-                self._writer = None
-            if self._outbox is outbox and not outbox:
-                self._outbox = self._outbox_peer = None  # made again when next needed
 
     async def send_event(self, name: str, data: Any = None) -> None:
         """Send an event to this peer, now or, while it is away, when it comes back.
