@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
@@ -23,8 +22,8 @@ from ..errors import (
     error_for_response,
 )
 from ..packets import Event, Request, Response, encode, encode_event, kept, new_id
-from ..peer import Peer
 from ..pipeline import Call, Chain, Direction
+from .mailbox import Mailbox
 from .outbox import Outbox
 
 __all__ = ["Connection", "ServerCall"]
@@ -57,11 +56,12 @@ class ServerCall(Call):
         self.cached = False
 
 
-class Connection:
+class Connection(Mailbox):
     """The server's handle of one peer (its session); handlers receive it first.
 
     Connections compare by identity, so they can be kept in sets and used as dict keys (as
-    `broadcast_request` does).
+    `broadcast_request` does). The session's buffer, its polls and the replay down a WebSocket
+    that comes back are those of its base, `Mailbox`.
 
     Attributes:
         id: a number unique within this server process.
@@ -87,6 +87,7 @@ class Connection:
         request_timeout: float | None,
         buffer_size: int = 1000,
     ) -> None:
+        super().__init__(buffer_size)
         self.id = next(_ids)
         self.session = session
         self.principal = principal
@@ -98,9 +99,6 @@ class Connection:
         """The requests of this peer being run now: their deadlines, cancels and acks (§10)."""
         self.chain: Chain[ServerCall] | None = None
         """The server's middleware chain, which what is sent through this handle passes."""
-        self.peer: Peer | None = None
-        self.close_code: int | None = None
-        self.dropped = 0
         self.receives = False
         """True once the peer showed it takes packets (a WebSocket or a poll of /events):
         only then do broadcasts buffer for it while it is away."""
@@ -109,14 +107,7 @@ class Connection:
         """True while the session was opened by a one-off HTTP call and its key has not been
         presented since (PROTOCOL.md §7): it buffers little and ends soon."""
         self.polls = 0
-        self.ended = False
-        self._buffer: deque[tuple[str, bytes]] = deque()
-        self._buffer_size = buffer_size
-        # Made when first needed, as is the outbox: an idle connection holds thousands of
-        # these, and an empty deque or Event costs ~760 bytes (its first block) each.
-        self._arrived: asyncio.Event | None = None
         self._pending: dict[str, asyncio.Future[Response]] = {}
-        self._replaying = False
         # Frames for a WebSocket that does not read fast enough, sent in order by one task,
         # so that a slow peer never makes a sender (a broadcast) wait (see `Outbox`).
         self._outbox: Outbox | None = None
@@ -135,37 +126,7 @@ class Connection:
         """``"websocket"`` while a WebSocket is attached, else ``"http"``."""
         return "websocket" if self.is_connected else "http"
 
-    @property
-    def buffer_limit(self) -> int:
-        """Packets the session keeps while its peer is away (the oldest go first)."""
-        return self._buffer_size
-
-    @buffer_limit.setter
-    def buffer_limit(self, size: int) -> None:
-        self._buffer_size = size
-        while len(self._buffer) > size:
-            self._buffer.popleft()
-            self.dropped += 1
-
-    @property
-    def buffered(self) -> int:
-        """Packets waiting in the session's buffer."""
-        return len(self._buffer)
-
     # Delivery --------------------------------------------------------------------------------
-
-    def buffer(self, packet_id: str, frame: bytes) -> None:
-        """Keep an encoded packet for the peer's return; the oldest goes when full."""
-        if self.ended:
-            return
-        # Not while a peer that came back is being replayed to: what waits is on its way to a
-        # connected peer, whose session event already said how many were dropped.
-        while not self._replaying and len(self._buffer) >= self._buffer_size:
-            self._buffer.popleft()
-            self.dropped += 1
-        self._buffer.append((packet_id, frame))
-        if self._arrived is not None:
-            self._arrived.set()
 
     async def deliver(self, packet_id: str, frame: bytes) -> None:
         """Send an encoded packet down the WebSocket, or buffer it while there is none.
@@ -175,8 +136,8 @@ class Connection:
         """
         if self.ended:
             raise NotConnectedError(f"{self!r}: the session has ended")
-        peer = self.peer
-        if peer is not None and not peer.closed and not self._replaying:
+        peer = self.direct_peer()
+        if peer is not None:
             outbox = self._outbox
             if outbox or not peer.can_send_at_once(len(frame)):
                 if outbox is None:
@@ -251,8 +212,8 @@ class Connection:
 
     async def _send_request(self, request: Request, timeout: float | None) -> Response:
         command = request.command
-        peer = self.peer
-        if peer is not None and not peer.closed and not self._replaying:
+        peer = self.direct_peer()
+        if peer is not None:
             return await peer.request(request, timeout)
         if self.ended:
             raise NotConnectedError(f"{self!r}: the session has ended")
@@ -314,8 +275,8 @@ class Connection:
             RequestTimeoutError: it did not end within `timeout`.
         """
         request = Request.make(command, params)
-        peer = self.peer
-        if peer is not None and not peer.closed and not self._replaying:
+        peer = self.direct_peer()
+        if peer is not None:
             items = peer.stream(request, window, timeout)
             try:
                 async for item in items:
@@ -347,102 +308,9 @@ class Connection:
         future.set_result(response)
         return True
 
-    # Replay and polling ----------------------------------------------------------------------
-
-    async def take(self, after: str | None) -> list[bytes]:
-        """What a poll of ``/events`` returns.
-
-        Args:
-            after: the id of the last packet the peer handled: it and everything before it
-                are dropped, the rest returned and kept until acknowledged. None: return
-                everything and drop it.
-        """
-        buf = self._buffer
-        if after is None:
-            frames = [frame for _, frame in buf]
-            buf.clear()
-        else:
-            if any(pid == after for pid, _ in buf):
-                while buf and buf.popleft()[0] != after:
-                    pass
-            frames = [frame for _, frame in buf]
-        if not buf and self._arrived is not None:
-            self._arrived.clear()
-        return frames
-
-    def wake(self) -> None:
-        """Make every poll waiting in `wait_for_packets` return now (the server is stopping)."""
-        if self._arrived is not None:
-            self._arrived.set()
-
-    async def wait_for_packets(self, timeout: float) -> None:
-        """Return when the buffer has something, or after `timeout` seconds."""
-        if self._buffer:
-            return
-        arrived = self._arrived
-        if arrived is None:
-            arrived = self._arrived = asyncio.Event()
-        else:
-            arrived.clear()
-        try:
-            async with asyncio.timeout(timeout):
-                await arrived.wait()
-        except TimeoutError:
-            pass
-
-    def attach(self, peer: Peer) -> Peer | None:
-        """Make `peer` the session's WebSocket; packets wait in the buffer until `replay`.
-
-        Returns:
-            The WebSocket it replaces, if one was still open (the caller closes it).
-        """
-        previous = self.peer
-        self.peer = peer
-        self._replaying = True
-        return previous if previous is not None and not previous.closed else None
-
-    def detach(self, peer: Peer) -> bool:
-        """Forget `peer` if it is still the session's WebSocket; True if it was."""
-        if self.peer is not peer:
-            return False
-        self.peer = None
-        self.close_code = peer.close_code
-        self._replaying = False
-        return True
-
-    async def replay(self, peer: Peer) -> bool:
-        """Send every buffered packet down `peer` in order; then packets go to it directly.
-
-        Packets addressed to the session meanwhile join the end of the buffer, so nothing
-        overtakes what was buffered before it.
-
-        Returns:
-            False if `peer` dropped (or was replaced) first: the rest stays buffered.
-        """
-        buf = self._buffer
-        while buf:
-            if self.peer is not peer:
-                return False
-            packet_id, frame = buf.popleft()
-            try:
-                await peer.send_raw(frame)
-            except (NotConnectedError, ConnectionClosedError):
-                buf.appendleft((packet_id, frame))
-                return False
-        if self.peer is not peer:
-            return False
-        # No await between the empty check and this: nothing can slip in between.
-        if self._arrived is not None:
-            self._arrived.clear()
-        self._replaying = False
-        return True
-
     def end(self) -> None:
         """End the session: drop the buffer, fail requests waiting on it, wake pollers."""
-        self.ended = True
-        self._buffer.clear()
-        if self._arrived is not None:
-            self._arrived.set()
+        super().end()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionClosedError(f"{self!r}: the session ended"))
