@@ -256,9 +256,9 @@ class SiyiServer:
                 HOST, 0, heartbeat_interval=heartbeat, shutdown_timeout=1.0
             )
 
-        # A plain function, like the raw rows' inline echo: a handler that never waits. On
-        # Python 3.11 it runs without a task (`peer.run_inline`); an `async def` one would
-        # take a task per request there (3.12+ starts either eagerly).
+        # A plain function, like the raw rows' inline echo: a handler that never waits. It
+        # takes the server's flat path (`Dispatcher.answer`: no task, answered as it is read);
+        # an `async def` one would take a task per request (started eagerly on 3.12+).
         @self.server.command("echo")
         def echo(connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
             return params

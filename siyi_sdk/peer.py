@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
+_HEADER_SHORT = struct.Struct("!BB").pack
+_HEADER_MEDIUM = struct.Struct("!BBH").pack
+_HEADER_LONG = struct.Struct("!BBQ").pack
 
 
 class _Expired(Exception):
@@ -149,6 +153,10 @@ class Peer:
         self._max_message_size = max_message_size
         self._transport = transport
         self._writable = transport if isinstance(transport, asyncio.WriteTransport) else None
+        # Answers given at once are batched and written together (`_flush`) where this peer
+        # writes its own frames: a server's socket (unmasked frames) without compression.
+        self._coalesce = self._writable is not None and not getattr(ws, "compress", True)
+        self._batch: list[bytes] | None = None
         self.max_pending_events = max(1, max_pending_events)
         self.max_outbox_bytes = max_outbox_bytes
         self.unsent = 0
@@ -232,6 +240,8 @@ class Peer:
         """
         if self.closed:
             raise NotConnectedError(f"{self.label}: the connection is closed")
+        if self._batch:
+            self._flush()  # answers already read go first
         try:
             await self._ws.send_frame(data, _TEXT)
         except ConnectionError as exc:
@@ -369,6 +379,8 @@ class Peer:
         """
         if self._background:
             await asyncio.wait(self._background, timeout=min(timeout, 1.0))
+        if self._batch:
+            self._flush()
         self._closing = True
         await self._close_within(code, message, timeout)
 
@@ -380,6 +392,8 @@ class Peer:
         """
         if self._closer is not None:
             return
+        if self._batch:
+            self._flush()
         self._closed = self._closing = True
         self._closer = asyncio.get_running_loop().create_task(
             self._close_within(code, message, timeout)
@@ -518,6 +532,8 @@ class Peer:
         # to accept exactly the limit (PROTOCOL.md §4) it is given one byte more, and the
         # one frame that may then slip through a decompression is refused here.
         logger.info("%s: a frame over %s bytes: closing with 1009", self.label, size)
+        if self._batch:
+            self._flush()
         await self._ws.close(code=1009, message=b"message too big")
 
     async def _on_frame(self, raw: str | bytes) -> None:
@@ -556,8 +572,16 @@ class Peer:
                 return
             answer = self._on_request(packet)
             if type(answer) is bytes:
-                # Answered at once: written here, as a raw echo server would, with no task and
-                # no trip through the event loop (a full socket buffer holds the reader back).
+                # Answered at once: no task, no trip through the event loop. On a server socket
+                # the answers to every frame already read are written together, in one write
+                # when the reader next waits: one system call for a burst, not one per answer.
+                if self._coalesce:
+                    batch = self._batch
+                    if batch is None:
+                        batch = self._batch = []
+                        asyncio.get_running_loop().call_soon(self._flush)
+                    batch.append(answer)
+                    return
                 if not self.closed:
                     try:
                         await self._ws.send_frame(answer, _TEXT)
@@ -579,6 +603,29 @@ class Peer:
             self._events.append(packet)
             if self._event_worker is None:
                 self._event_worker = asyncio.create_task(self._drain_events())
+
+    def _flush(self) -> None:
+        """Write the answers batched by `_on_frame` as text frames, in one write."""
+        batch = self._batch
+        self._batch = None
+        if not batch:
+            return
+        writable = self._writable
+        if self.closed or writable is None or writable.is_closing():
+            logger.debug("%s: %d answers lost: the connection dropped", self.label, len(batch))
+            return
+        parts: list[bytes] = []
+        for frame in batch:
+            size = len(frame)
+            # A server's text frame (RFC 6455 §5.2): FIN and the opcode, then the length.
+            if size < 126:
+                parts.append(_HEADER_SHORT(0x81, size))
+            elif size < 65536:
+                parts.append(_HEADER_MEDIUM(0x81, 126, size))
+            else:
+                parts.append(_HEADER_LONG(0x81, 127, size))
+            parts.append(frame)
+        writable.write(b"".join(parts))
 
     def _on_reserved(self, event: Event) -> None:
         if event.name == CHUNK_EVENT:
