@@ -133,11 +133,12 @@ def stamp(request: Request, timeout: float | None) -> float | None:
     Returns:
         The timeout to wait for the answer with (None: no limit).
     """
-    timeout = budget(timeout)
+    if _deadline.get() is not None:
+        timeout = budget(timeout)
     if timeout is not None:
-        meta = dict(request.meta) if request.meta else {}
-        meta["timeout"] = round(timeout, 3)
-        request.meta = meta
+        meta = request.meta
+        # A new dict: the caller's own (a middleware's, a reused packet's) is not changed.
+        request.meta = {"timeout": timeout} if not meta else {**meta, "timeout": timeout}
     return timeout
 
 

@@ -148,3 +148,35 @@ async def test_the_flat_path_keeps_at_most_once_and_the_error_mapping() -> None:
         first, second = await recv_frame(ws), await recv_frame(ws)
         assert first["data"] == second["data"] == "late"
         assert runs.count("later") == 1
+
+
+async def test_a_burst_of_pipelined_requests_is_answered_in_order_with_large_answers_too() -> None:
+    """Answers to frames read together are written together (one write per burst): every
+    answer arrives, in order, whatever its size (the three lengths of a frame header)."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    from siyi_sdk import Connection, ProtocolServer
+
+    from .conftest import greeting_of, recv_frame
+
+    server = ProtocolServer(port=0, heartbeat_interval=None)
+
+    @server.command("echo")
+    def echo(connection: Connection, params: dict[str, object]) -> object:
+        return params
+
+    sizes = [10, 200, 70_000] * 20  # short, 16-bit and 64-bit lengths
+    async with server, connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
+        await greeting_of(ws)
+        for n, size in enumerate(sizes):
+            packet = {"id": f"b{n}", "type": "request", "command": "echo"}
+            packet["params"] = {"x": "y" * size}
+            await ws.send(json.dumps(packet))
+        answers = [await recv_frame(ws) for _ in sizes]
+        # What the server sends after the burst still arrives whole, after the answers.
+        await server.broadcast_event("after", 1)
+        assert (await recv_frame(ws))["name"] == "after"
+    assert [a["id"] for a in answers] == [f"b{n}" for n in range(len(sizes))]
+    assert [len(a["data"]["x"]) for a in answers] == sizes
