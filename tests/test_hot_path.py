@@ -171,8 +171,12 @@ async def test_a_burst_of_pipelined_requests_is_answered_in_order_with_large_ans
     async with server, connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
         await greeting_of(ws)
         for n, size in enumerate(sizes):
-            packet = {"id": f"b{n}", "type": "request", "command": "echo"}
-            packet["params"] = {"x": "y" * size}
+            packet = {
+                "id": f"b{n}",
+                "type": "request",
+                "command": "echo",
+                "params": {"x": "y" * size},
+            }
             await ws.send(json.dumps(packet))
         answers = [await recv_frame(ws) for _ in sizes]
         # What the server sends after the burst still arrives whole, after the answers.
