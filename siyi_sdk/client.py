@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .adapters.websocket import WebSocketAdapter
-from .calls import DEFAULT_WINDOW, aclose
+from .calls import DEFAULT_WINDOW
 from .packets import Event, Request, Response
 
 __all__ = ["ProtocolClient"]
@@ -79,7 +79,7 @@ class ProtocolClient(WebSocketAdapter):
         """
         return await self.send_packet(Request.make(command, params), timeout=timeout)
 
-    async def stream(
+    def stream(
         self,
         command: str,
         params: dict[str, Any] | None = None,
@@ -106,12 +106,7 @@ class ProtocolClient(WebSocketAdapter):
             ConnectionClosedError: the connection dropped before the stream ended.
             RequestTimeoutError: it did not end within `timeout`.
         """
-        items = self.stream_packet(Request.make(command, params), window=window, timeout=timeout)
-        try:
-            async for item in items:
-                yield item
-        finally:
-            await aclose(items)
+        return self.stream_packet(Request.make(command, params), window=window, timeout=timeout)
 
     async def send_event(self, name: str | Event, data: Any = None) -> None:
         """Send an event to the server.

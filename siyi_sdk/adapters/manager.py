@@ -201,9 +201,11 @@ class AdapterManager(Adapter):
             if not adapter.is_available:
                 errors.append((adapter.name, adapter.last_error or TransportError("down")))
                 continue
-            items = adapter.stream_packet(packet, window=window, timeout=timeout)
+            items: AsyncIterator[Any] | None = None
             try:
                 try:
+                    # An adapter may refuse at once (not connected) or at the first item.
+                    items = adapter.stream_packet(packet, window=window, timeout=timeout)
                     first = await anext(items)
                 except StopAsyncIteration:
                     return
@@ -219,7 +221,8 @@ class AdapterManager(Adapter):
                     yield item
                 return
             finally:
-                await aclose(items)
+                if items is not None:
+                    await aclose(items)
         raise AllAdaptersFailedError(errors)
 
     async def send_event(self, event: Event) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from tenacity import RetryCallState
 
-from ..calls import DEFAULT_WINDOW, Sink, aclose, requested_window
+from ..calls import DEFAULT_WINDOW, Sink, requested_window
 from ..errors import ConnectionClosedError, NotConnectedError
 from ..packets import TAKEN_OVER, Event, Request, RequestPacket, ResponsePacket
 from ..peer import Peer
@@ -159,7 +159,7 @@ class WebSocketAdapter(Adapter):
             raise NotConnectedError(f"not connected to {self.url}")
         return await peer.request(packet, self.request_timeout if timeout is None else timeout)
 
-    async def stream_packet(
+    def stream_packet(
         self, packet: Request, *, window: int = DEFAULT_WINDOW, timeout: float | None = None
     ) -> AsyncIterator[Any]:
         """Send a Request asking for a streamed answer; yield its items as they come (§10).
@@ -175,12 +175,7 @@ class WebSocketAdapter(Adapter):
         peer = self._peer
         if peer is None:
             raise NotConnectedError(f"not connected to {self.url}")
-        items = peer.stream(packet, window, timeout)
-        try:
-            async for item in items:
-                yield item
-        finally:
-            await aclose(items)
+        return peer.stream(packet, window, timeout)
 
     def chunk_sink(self, request: Request) -> Sink | None:
         """Chunks down this WebSocket when the server's request asked for a stream."""

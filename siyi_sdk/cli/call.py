@@ -15,7 +15,6 @@ import orjson
 
 from ..adapters.http import HttpAdapter
 from ..calls import aclose
-from ..client import ProtocolClient
 from ..errors import ApiError, RequestTimeoutError
 from ..packets import Request, Response, encode
 from .common import (
@@ -24,6 +23,7 @@ from .common import (
     EXIT_OK,
     HTTP_SCHEMES,
     WEBSOCKET_SCHEMES,
+    client_for,
     describe,
     headers,
     one_connection,
@@ -34,13 +34,7 @@ __all__ = ["run_call"]
 
 
 async def _call_websocket(args: argparse.Namespace, request: Request) -> Response:
-    client = ProtocolClient(
-        args.url,
-        request_timeout=args.timeout,
-        connect_timeout=args.timeout,
-        headers=headers(args),
-        ssl=args.tls,
-    )
+    client = client_for(args)
     async with one_connection(client):
         return await client.send_packet(request)
 
@@ -53,13 +47,7 @@ async def _call_http(args: argparse.Namespace, request: Request) -> Response:
 
 
 async def _stream_websocket(args: argparse.Namespace, request: Request) -> AsyncIterator[Any]:
-    client = ProtocolClient(
-        args.url,
-        request_timeout=args.timeout,
-        connect_timeout=args.timeout,
-        headers=headers(args),
-        ssl=args.tls,
-    )
+    client = client_for(args)
     async with one_connection(client):
         items = client.stream_packet(request)
         try:

@@ -84,6 +84,21 @@ def headers(args: argparse.Namespace) -> dict[str, str]:
     return {"Authorization": f"Bearer {args.key}"} if args.key else {}
 
 
+def client_for(args: argparse.Namespace) -> ProtocolClient:
+    """The `ProtocolClient` of a subcommand: its URL, ``--timeout``, ``--key`` and TLS.
+
+    Args:
+        args: the parsed arguments (``url``, ``timeout``, ``key``, ``tls``).
+    """
+    return ProtocolClient(
+        args.url,
+        request_timeout=args.timeout,
+        connect_timeout=args.timeout,
+        headers=headers(args),
+        ssl=args.tls,
+    )
+
+
 def describe(exc: BaseException, timeout: float) -> str:
     """One line saying why a connection attempt failed.
 

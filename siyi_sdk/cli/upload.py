@@ -13,7 +13,6 @@ import orjson
 
 from ..adapters.http import HttpAdapter
 from ..adapters.upload_source import UploadSource
-from ..client import ProtocolClient
 from ..errors import ApiError
 from ..wire import FileInfo
 from .common import (
@@ -22,6 +21,7 @@ from .common import (
     EXIT_OK,
     HTTP_SCHEMES,
     WEBSOCKET_SCHEMES,
+    client_for,
     describe,
     headers,
     tell,
@@ -67,13 +67,7 @@ async def _send_file(
     scheme = urlsplit(args.url).scheme.lower()
     options: dict[str, Any] = {"name": args.name, "progress": bar, "upload_id": args.upload_id}
     if scheme in WEBSOCKET_SCHEMES:
-        client = ProtocolClient(
-            args.url,
-            request_timeout=args.timeout,
-            connect_timeout=args.timeout,
-            headers=headers(args),
-            ssl=args.tls,
-        )
+        client = client_for(args)
         try:  # the upload has a connection of its own: the packet channel is not opened
             return await client.upload(source, **options)
         finally:

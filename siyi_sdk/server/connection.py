@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
-from ..calls import CANCEL_EVENT, DEFAULT_WINDOW, Runs, aclose, stamp
+from ..calls import CANCEL_EVENT, DEFAULT_WINDOW, Runs, stamp
 from ..errors import (
     ConnectionClosedError,
     NotConnectedError,
@@ -245,7 +245,7 @@ class Connection(Mailbox):
         self._withdrawing.add(task)
         task.add_done_callback(self._withdrawing.discard)
 
-    async def stream_request(
+    def stream_request(
         self,
         command: str,
         params: dict[str, Any] | None = None,
@@ -277,13 +277,11 @@ class Connection(Mailbox):
         request = Request.make(command, params)
         peer = self.direct_peer()
         if peer is not None:
-            items = peer.stream(request, window, timeout)
-            try:
-                async for item in items:
-                    yield item
-            finally:
-                await aclose(items)
-            return
+            return peer.stream(request, window, timeout)
+        return self._items_at_once(request, timeout)
+
+    async def _items_at_once(self, request: Request, timeout: float | None) -> AsyncIterator[Any]:
+        """A stream's items asked for as one array, for a peer without a WebSocket."""
         response = await self._send_request(request, timeout)
         if not response.ok:
             raise error_for_response(response)
