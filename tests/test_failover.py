@@ -22,6 +22,7 @@ from siyi_sdk import (
     HttpAdapter,
     ProtocolServer,
     Request,
+    StatusCode,
     WebSocketAdapter,
 )
 from siyi_sdk.demo import GameApi, GetPlayerList
@@ -150,3 +151,33 @@ async def test_events_fail_over_too(rig: Rig) -> None:
     await rig.api.send_event("ping", 2)  # acknowledged by HTTP: delivered before it returns
     assert seen == [("websocket", "ping", 1), ("http", "ping", 2)]
     assert carrier(rig) is rig.http
+
+
+async def test_a_request_failed_over_is_cancelled_on_the_adapter_that_carries_it(
+    rig: Rig,
+) -> None:
+    # Issue 13: cancelling the caller withdraws the request on whichever adapter carries it
+    # now (here HTTP, after the WebSocket path was cut mid-request): the handler is cancelled.
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    @rig.server.command("blocked")
+    async def blocked(connection: Connection, params: dict[str, Any]) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    assert await rig.api.get_player_list() == ["websocket"]
+    request = Request(command="blocked")
+    call = asyncio.create_task(rig.manager.send_packet(request))
+    await wait_for(started.wait())
+    await rig.proxy.cut()
+    await wait_for(rig.cache.repeated.wait())  # the same id now waits over HTTP
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await wait_for(cancelled.wait())
+    again = await rig.http.send_packet(Request(id=request.id, command="blocked"))
+    assert again.code == StatusCode.CANCELLED

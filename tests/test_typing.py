@@ -7,6 +7,7 @@ have the types the annotations promise.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import assert_type
 
 from pydantic import BaseModel
@@ -111,3 +112,28 @@ async def test_server_route_decorator_keeps_the_handler() -> None:
     )
     result = assert_type(await inventory(caller, GetInventory(player="Steve")), Inventory)
     assert result == Inventory(items={"Steve": 1})
+
+
+class LogLine(BaseModel):
+    n: int
+
+
+class TailLog(Command[LogLine], stream=True):
+    """A streaming command: `LogLine` is the type of one item."""
+
+    lines: int = 3
+
+
+def tail(request: RequestPacket) -> ResponsePacket:
+    # A MockAdapter implements send_packet only: a stream comes as one array (§10).
+    lines = (request.params or {}).get("lines", 3)
+    return Response.success(request.id, [{"n": n} for n in range(lines)])
+
+
+async def test_streams_are_typed_as_async_iterators_of_their_item() -> None:
+    api = Api(MockAdapter(tail))
+    stream = assert_type(api.stream(TailLog()), AsyncIterator[LogLine])
+    got = [assert_type(line, LogLine) async for line in stream]
+    assert got == [LogLine(n=0), LogLine(n=1), LogLine(n=2)]
+    lines = assert_type(await api.collect(TailLog(lines=2)), list[LogLine])
+    assert lines == [LogLine(n=0), LogLine(n=1)]
