@@ -8,6 +8,11 @@ drops. How a handler's outcome becomes an answer is `outcome`'s.
 Bounded memory (§4): the reader stops reading while too many events wait for their handler or
 while too many bytes wait to be written to the other side, so a peer that sends faster than it
 is served, or does not read, is held back by TCP instead of filling this process.
+
+Why one module of about 670 lines: `Peer` is the hot path of every WebSocket on both sides
+(read, parse, dispatch, match, write, pause), and each step reads state the others keep;
+split into parts, every frame would pay attribute lookups across objects. The engine of
+deadlines, cancels and streams it drives lives in `calls`, handlers' outcomes in `outcome`.
 """
 
 from __future__ import annotations

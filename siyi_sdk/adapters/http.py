@@ -1,4 +1,8 @@
-"""HttpAdapter: each packet is one ``POST {base_url}/general``; receiving long-polls /events."""
+"""HttpAdapter: each packet is one ``POST {base_url}/general``; receiving long-polls /events.
+
+Why one module of a little over 400 lines: it is one class, whose sending, streaming (NDJSON),
+withdrawing and polling all go through the same session, HTTP client and protocol check.
+"""
 
 from __future__ import annotations
 
