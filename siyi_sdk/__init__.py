@@ -2,7 +2,8 @@
 
 The public names are all importable from here; see the README for a tour. The server's names
 (`ProtocolServer`, `Connection`, the backplanes, `StoredFile`) load on first use, so that a
-client never loads aiohttp's server side or Redis. The demo game's commands and `GameApi` are
+client never loads aiohttp's server side or Redis; so does `Tracing` (OpenTelemetry, the `otel`
+extra), which loads OpenTelemetry only when one is made. The demo game's commands and `GameApi` are
 in `siyi_sdk.demo`.
 """
 
@@ -63,14 +64,17 @@ from .wire import FileInfo
 
 if typing.TYPE_CHECKING:
     from .server import Connection, MemoryBackplane, ProtocolServer, RedisBackplane, StoredFile
+    from .telemetry import Tracing
 
-# The server's names, imported on first use (PEP 562): name -> the module that defines it.
+# The server's names and OpenTelemetry's `Tracing` (the `otel` extra), imported on first use
+# (PEP 562): name -> the module that defines it.
 _LAZY: dict[str, str] = {
     "Connection": ".server",
     "MemoryBackplane": ".server",
     "ProtocolServer": ".server",
     "RedisBackplane": ".server",
     "StoredFile": ".server",
+    "Tracing": ".telemetry",
 }
 
 __all__ = [
@@ -119,6 +123,7 @@ __all__ = [
     "StatusCode",
     "StoredFile",
     "TooLargeError",
+    "Tracing",
     "TransportError",
     "UnauthorizedError",
     "UnavailableError",

@@ -4,7 +4,7 @@
 - Every module imports alone, in an interpreter that has loaded nothing of the package.
 - The import graph, read from the source with `ast` (imports inside functions and under
   ``TYPE_CHECKING`` included), has no cycle, and its arrows point down the layers.
-- ``import siyi_sdk`` loads neither aiohttp's server side nor Redis.
+- ``import siyi_sdk`` loads neither aiohttp's server side nor Redis nor OpenTelemetry.
 """
 
 from __future__ import annotations
@@ -327,10 +327,12 @@ def test_only_the_command_line_imports_the_demo_and_nothing_imports_the_facade()
 # What a client loads ---------------------------------------------------------------------------
 
 
-def test_a_client_loads_no_server_and_no_redis() -> None:
+def test_a_client_loads_no_server_no_redis_and_no_opentelemetry() -> None:
     script = (
         "import sys, siyi_sdk\n"
         "print('aiohttp.web' in sys.modules, 'redis' in sys.modules)\n"
+        "siyi_sdk.Tracing\n"  # OpenTelemetry loads when a Tracing is made, not before
+        "print('aiohttp.web' in sys.modules, 'opentelemetry' in sys.modules)\n"
         "siyi_sdk.ProtocolServer\n"
         "print('aiohttp.web' in sys.modules, 'siyi_sdk.server.redis_backplane' in sys.modules)\n"
         "siyi_sdk.RedisBackplane\n"
@@ -340,4 +342,4 @@ def test_a_client_loads_no_server_and_no_redis() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["False False", "True False", "True"]
+    assert done.stdout.splitlines() == ["False False", "False False", "True False", "True"]
