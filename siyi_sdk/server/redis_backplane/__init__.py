@@ -26,7 +26,10 @@ Every change that must not race (route a packet or buffer it, attach, detach, bu
 broadcast for every session that is away) is one Lua script, so Redis runs it atomically.
 A broadcast is numbered; a node that attaches a session learns the number it attached at,
 and delivers only broadcasts numbered after it: the ones before are in the session's buffer.
-So a client that moves between nodes gets each broadcast exactly once, in order.
+A node that lets a session go learns the number it let go at, waits until its subscription
+has read every broadcast up to it (the release publishes a fence on the node's channel,
+which arrives after them), and buffers those it still had for the session. So a client that
+moves between nodes gets each broadcast exactly once, in order.
 
 When Redis is down the server keeps serving its own clients (requests, local broadcasts,
 its sessions' own state), logs the outage once, and reconnects with backoff (tenacity);

@@ -13,22 +13,52 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from tenacity import RetryCallState
 
 from ...errors import BackplaneUnavailableError
 from ...retry import backoff
+from .messages import message
 from .scripts import Scripts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
 
-__all__ = ["RedisNode"]
+__all__ = ["Fence", "RedisNode"]
 
 logger = logging.getLogger(__name__)
+
+
+class Fence:
+    """A marker a script publishes on this node's own channel, right after its change.
+
+    Messages on one subscription arrive in the order Redis published them, so when the fence
+    is back every message published before the change has been handled by this node (its
+    calls and its subscription are two connections: a call's answer can overtake them).
+
+    Attributes:
+        message: what the script publishes.
+    """
+
+    def __init__(self, message: bytes) -> None:
+        self.message = message
+        self._back = asyncio.Event()
+
+    def came_back(self) -> None:
+        """The node read the fence on its subscription (the listener calls this)."""
+        self._back.set()
+
+    async def passed(self, timeout: float) -> bool:
+        """Wait until the fence came back; False if it did not within `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._back.wait()
+                return True
+        return False
 
 
 class RedisNode:
@@ -102,6 +132,7 @@ class RedisNode:
         self.scripts = Scripts(self.redis)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._fences: dict[str, Fence] = {}
         self._stopped = False
 
     # Names ------------------------------------------------------------------------------------
@@ -184,6 +215,16 @@ class RedisNode:
         async with asyncio.timeout(timeout):
             await self._ready.wait()
 
+    @contextlib.contextmanager
+    def fence(self) -> Iterator[Fence]:
+        """A `Fence` for a script to publish on `channel(node_id)`, known while in the block."""
+        token = secrets.token_hex(8)
+        fence = self._fences[token] = Fence(message(b"F", {"f": token}))
+        try:
+            yield fence
+        finally:
+            del self._fences[token]
+
     # Lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -237,9 +278,14 @@ class RedisNode:
             logger.info("Redis backplane at %s: node %s joined", self.url, self.node_id)
             await self.on_subscribed()
             while self.connected:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                if message is not None and message["type"] == "message":
-                    await self.on_message(message["data"])
+                got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                if got is None or got["type"] != "message":
+                    continue
+                data = got["data"]
+                if data[:1] == b"F":
+                    self._fence_back(data)
+                else:
+                    await self.on_message(data)
             raise self.redis_errors[0]("a call to Redis failed")
         except self.redis_errors as exc:
             self._down(exc)
@@ -247,6 +293,12 @@ class RedisNode:
         finally:
             with contextlib.suppress(BaseException):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _fence_back(self, data: bytes) -> None:
+        token = orjson.loads(data[1 : data.index(b"\n")])["f"]
+        fence = self._fences.get(token)
+        if fence is not None:
+            fence.came_back()
 
     # What the node does with its subscription ---------------------------------------------------
 

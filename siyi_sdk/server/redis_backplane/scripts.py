@@ -136,19 +136,25 @@ end
 return {dropped, now}
 """
 
-# KEYS: s, away, seq, on:me. ARGV: me, session key, ttl ms.
-# Returns the number up to which this node was the one packets were routed to.
+# KEYS: s, away, seq, on:me. ARGV: me, session key, ttl ms, this node's channel, a fence.
+# Returns the number up to which this node was the one packets were routed to, and publishes
+# the fence on this node's channel: it reaches the node after every broadcast numbered so far.
 RELEASE = """
 redis.call('SREM', KEYS[4], ARGV[2])
 local node = redis.call('HGET', KEYS[1], 'node')
+local upto
 if node == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'node')
   redis.call('SADD', KEYS[2], ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  upto = tonumber(redis.call('GET', KEYS[3]) or '0')
 elseif node then
-  return tonumber(redis.call('HGET', KEYS[1], 'since') or '0')  -- another node took it
+  upto = tonumber(redis.call('HGET', KEYS[1], 'since') or '0')  -- another node took it
+else
+  upto = tonumber(redis.call('GET', KEYS[3]) or '0')
 end
-return tonumber(redis.call('GET', KEYS[3]) or '0')
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return upto
 """
 
 # KEYS: b. ARGV: after ('' to acknowledge nothing), consume all (1/0).

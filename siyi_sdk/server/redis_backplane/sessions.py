@@ -174,13 +174,19 @@ class RedisSessions(RedisNode, Backplane):
     async def release(self, connection: Connection) -> None:
         """See `Backplane.release`."""
         assert isinstance(connection, SharedConnection)
-        key = connection.session
+        key, me = connection.session, self.node_id
         await connection.releasing(self.op_timeout)
-        got = await self.call(
-            self.scripts.release,
-            [self._skey(key), self.key("away"), self.key("seq"), self.key(f"on:{self.node_id}")],
-            [self.node_id, key, self._ttl_ms],
-        )
+        with self.fence() as fence:
+            got = await self.call(
+                self.scripts.release,
+                [self._skey(key), self.key("away"), self.key("seq"), self.key(f"on:{me}")],
+                [me, key, self._ttl_ms, self.channel(me), fence.message],
+            )
+            if got is not self.UNREACHABLE:
+                # The broadcasts numbered up to the release were sent to this node, whose
+                # subscription may not have read them yet: it must hold them like the others
+                # (below, they go to the shared buffer). The fence comes after them.
+                await fence.passed(self.op_timeout)
         seq = 0 if got is self.UNREACHABLE else int(got)
         # What came for it while it was leaving (a replay that did not finish, broadcasts
         # this process still had to deliver) waits in the shared buffer, in order.
