@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import orjson
 import redis.asyncio
 from redis.asyncio.client import PubSub
 from websockets.asyncio.client import connect
@@ -17,11 +18,14 @@ from siyi_sdk import Connection, ProtocolServer, RedisBackplane
 from siyi_sdk.packets import SESSION_HEADER
 
 from .conftest import (
+    WAIT,
     ServerFactory,
     drop_raw,
     greeting_of,
     http_url,
+    recv_frame,
     wait_for,
+    wait_until,
     ws_url,
 )
 from .redis_server import RedisServer
@@ -140,3 +144,31 @@ async def test_broadcasts_the_old_node_reads_after_its_release_still_reach_the_b
     ):
         got = await resp.json()
     assert [p["data"] for p in got] == [0, 1, 2]
+
+
+async def test_a_request_sent_as_the_replay_ends_goes_down_the_websocket(
+    make_server: ServerFactory, redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """A request to a peer still being replayed to waits for Redis to note which node asks;
+    if the replay ends meanwhile, the request goes straight down the WebSocket (it used to
+    wait for a replay that had already happened, and time out)."""
+    a, _, client = await steered_node(make_server, redis_server, redis_prefix)
+    replay = client.before["ZPOPMIN"] = Hold()
+    ws = await connect(ws_url(a))
+    key = (await greeting_of(ws))["session"]
+    await wait_for(replay.reached.wait())  # the replay of the shared buffer is under way
+    handle = await a.find_session(key)
+    assert handle is not None
+    noted = client.before["SET r"] = Hold()
+    asking = asyncio.create_task(a.send_request(handle, "echo", {"n": 1}, timeout=WAIT))
+    await wait_for(noted.reached.wait())  # the request waits for Redis
+    replay.let_go()
+    await wait_until(lambda: handle.direct_peer() is not None)  # the replay is over
+    noted.let_go()
+    request = await recv_frame(ws)
+    assert (request["type"], request["command"]) == ("request", "echo")
+    answer = {"id": request["id"], "type": "response", "status": "ok", "code": 0, "data": 1}
+    await ws.send(orjson.dumps(answer).decode())
+    response = await wait_for(asking)
+    assert response.data == 1
+    await ws.close()

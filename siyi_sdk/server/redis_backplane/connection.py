@@ -97,6 +97,11 @@ class SharedConnection(Connection):
         """A packet the peer cannot take now: after the replay, held, or routed."""
         peer = self.peer
         if peer is not None and not peer.closed:
+            if not self._replaying:
+                # The replay ended while this packet waited (a request waits for Redis to note
+                # which node asks): nothing is queued before it, it goes down the socket.
+                await super().deliver(packet_id, frame)
+                return
             self._late.append((seq, packet_id, frame))  # being replayed to: after the buffer
             if self._arrived is not None:
                 self._arrived.set()
