@@ -172,3 +172,28 @@ async def test_a_request_sent_as_the_replay_ends_goes_down_the_websocket(
     response = await wait_for(asking)
     assert response.data == 1
     await ws.close()
+
+
+async def test_stop_ends_a_task_that_swallowed_its_cancellation(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """On Python 3.11 a Redis call can swallow a cancellation (redis-py writes through
+    `asyncio.wait_for`, which returns normally when its inner task finished as the cancel
+    came): `stop` must still end every task of the node, not wait for it forever."""
+    backplane = RedisBackplane(redis_server.url, prefix=redis_prefix)
+    await backplane.start()
+    waiting = asyncio.Event()
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            waiting.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()  # as the Redis call does: the task goes on
+        await asyncio.Event().wait()
+
+    backplane.spawn(stubborn())
+    await wait_for(waiting.wait())
+    await wait_for(backplane.stop())
+    assert swallowed.is_set()

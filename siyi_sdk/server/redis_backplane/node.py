@@ -240,9 +240,13 @@ class RedisNode:
         if self._stopped:
             return
         self._stopped = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks:
+            # Asked again until they end: on Python 3.11 a Redis call can swallow a cancel
+            # (redis-py writes through asyncio.wait_for, which returns normally when its inner
+            # task finished as the cancel came), and the task then goes on as if never asked.
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.wait(list(self._tasks), timeout=0.1)
         if self.connected:
             with contextlib.suppress(*self.redis_errors):
                 await self.redis.delete(self.key(f"n:{self.node_id}"))
@@ -268,6 +272,9 @@ class RedisNode:
                 await self._listen_once()
 
     async def _listen_once(self) -> None:
+        me = asyncio.current_task()
+        if self._listener is not me:
+            return  # replaced (`lost`), though its cancel was swallowed: the other one listens
         pubsub: PubSub = self.redis.pubsub()
         try:
             await pubsub.subscribe(self.all_channel, self._mine)
@@ -277,7 +284,7 @@ class RedisNode:
             self._ready.set()
             logger.info("Redis backplane at %s: node %s joined", self.url, self.node_id)
             await self.on_subscribed()
-            while self.connected:
+            while self.connected and self._listener is me:
                 got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                 if got is None or got["type"] != "message":
                     continue
@@ -286,6 +293,8 @@ class RedisNode:
                     self._fence_back(data)
                 else:
                     await self.on_message(data)
+            if self._listener is not me:
+                return
             raise self.redis_errors[0]("a call to Redis failed")
         except self.redis_errors as exc:
             self._down(exc)
