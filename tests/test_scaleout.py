@@ -151,6 +151,33 @@ async def test_unknown_session_key_is_not_found(
     assert await a.find_session("no-such-key") is None
 
 
+class Releases:
+    """Counts the WebSockets of `server` that dropped and that the node let go of in Redis.
+
+    The disconnect handlers run after the release: from then on the session is away on
+    every node, and a broadcast is buffered for it. `server.connections` empties sooner,
+    as soon as the socket closes, while the node may still get broadcasts for the session
+    (it holds them, and buffers them once Redis answered).
+    """
+
+    def __init__(self, server: ProtocolServer) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+        server.on_disconnect(self._disconnected)
+
+    def _disconnected(self, connection: Connection) -> None:
+        self.count += 1
+        self._changed.set()
+
+    async def wait(self, count: int = 1) -> None:
+        async def reached() -> None:
+            while self.count < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await wait_for(reached())
+
+
 async def poll(
     http: aiohttp.ClientSession, server: ProtocolServer, key: str, wait: float = 0, after: str = ""
 ) -> list[dict[str, Any]]:
@@ -170,11 +197,12 @@ async def test_moving_from_websocket_on_one_node_to_http_on_another_keeps_the_se
     make_cluster: Callable[..., Awaitable[Cluster]],
 ) -> None:
     a, b = await make_cluster(2)
+    released = Releases(a)
     ws = await connect(ws_url(a))
     greeting = orjson.loads(await ws.recv())
     key = greeting["data"]["session"]
     await drop_raw(ws)  # a drop leaves the session resumable (a clean close would end it)
-    await wait_until(lambda: not a.connections)
+    await released.wait()
     for n in range(3):
         await b.broadcast_event("while_away", n)
     async with aiohttp.ClientSession() as http:
@@ -188,9 +216,11 @@ async def test_a_websocket_resumes_on_another_node_with_the_buffer_replayed_in_o
     make_cluster: Callable[..., Awaitable[Cluster]],
 ) -> None:
     a, b = await make_cluster(2)
+    released = Releases(a)
     ws = await connect(ws_url(a))
     key = (await greeting_of(ws))["session"]
     await drop_raw(ws)
+    await released.wait()  # before it, a broadcast could still go down the dead socket
     for n in range(3):
         await a.broadcast_event("while_away", n)
     handle = await b.find_session(key)
@@ -349,11 +379,12 @@ async def test_redis_keys_expire_with_the_sessions(
     a.command("echo")(lambda connection, params: params)
     for _ in range(5):
         await post_packet(a, {"id": "r1", "type": "request", "command": "echo"})
+    released = Releases(b)
     for _ in range(3):
         ws = await connect(ws_url(b))
         await greeting_of(ws)
         await drop_raw(ws)
-    await wait_until(lambda: not b.connections)
+    await released.wait(3)
     await a.broadcast_event("buffered", 1)  # into the away sessions' buffers
     r = redis.asyncio.Redis.from_url(redis_server.url)
     try:
@@ -436,10 +467,11 @@ async def test_a_burst_of_drops_does_not_look_like_redis_going_down(
     """150 clients dropping at once make more concurrent Redis calls than the pool holds:
     they wait for a connection, and the node stays connected."""
     a, b = await make_cluster(2)
+    released = Releases(a)
     sockets = [await connect(ws_url(a)) for _ in range(150)]
     keys = [(await greeting_of(ws))["session"] for ws in sockets]
     await asyncio.gather(*(drop_raw(ws) for ws in sockets))
-    await wait_until(lambda: not a.connections)
+    await released.wait(150)
     await a.broadcast_event("after", 1)
     assert a.backplane.connected  # type: ignore[attr-defined]
     assert "lost" not in caplog.text
