@@ -2,7 +2,7 @@
 
 A small composition of parts with one job each (DESIGN.md): `Gate` (auth.py: who is calling,
 which session is theirs), `Dispatcher` (dispatch.py: middleware, at-most-once, routes,
-handlers), the transports (ws_endpoint.py, http_endpoints.py, uploads.py: read, ask the gate,
+handlers), the transports (ws_endpoint.py, http_endpoints.py, uploads/: read, ask the gate,
 hand packets to the dispatcher, write), `SessionRegistry`, the `Backplane`, `Broadcaster`,
 `Registration` (the decorators) and `Serving` (routes on any aiohttp application, and its
 lifecycle; `attach`, or `start()` / ``async with server:`` on an application of its own).
