@@ -68,6 +68,19 @@ async def blocking_server(
     return server, blocker
 
 
+async def cancel_and_time(task: asyncio.Task[Any], blocker: Blocker) -> float:
+    """Cancel `task` once `blocker`'s handler runs: CancelledError at once, then the seconds
+    until the handler on the other side observed its own cancellation."""
+    await asyncio.wait_for(blocker.started.wait(), WAIT)
+    cancelled_at = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - cancelled_at < 0.05  # at once, locally
+    await asyncio.wait_for(blocker.cancelled.wait(), WAIT)
+    return blocker.cancelled_at - cancelled_at
+
+
 # Deadlines -------------------------------------------------------------------------------------
 
 
@@ -139,14 +152,7 @@ async def test_cancelling_a_websocket_request_cancels_the_handler_and_a_repeat_g
     client = await make_client(ws_url(server))
     request = Request.make("block")
     task = asyncio.create_task(client.send_packet(request))
-    await asyncio.wait_for(blocker.started.wait(), WAIT)
-    cancelled_at = time.monotonic()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert time.monotonic() - cancelled_at < 0.05  # at once, locally
-    await asyncio.wait_for(blocker.cancelled.wait(), WAIT)
-    assert blocker.cancelled_at - cancelled_at < 0.1
+    assert await cancel_and_time(task, blocker) < 0.1
     again = await client.send_packet(Request(id=request.id, command="block"))
     assert again.code == StatusCode.CANCELLED
     assert blocker.runs == 1
@@ -163,13 +169,7 @@ async def test_cancelling_an_http_request_cancels_the_handler_and_a_repeat_gets_
         blocker.started.clear()
         request = Request.make("block")
         task = asyncio.create_task(http.send_packet(request))
-        await asyncio.wait_for(blocker.started.wait(), WAIT)
-        cancelled_at = time.monotonic()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.wait_for(blocker.cancelled.wait(), WAIT)
-        assert blocker.cancelled_at - cancelled_at < 0.1
+        assert await cancel_and_time(task, blocker) < 0.1
         again = await http.send_packet(Request(id=request.id, command="block"))
         assert again.code == StatusCode.CANCELLED
         assert blocker.runs == 2
@@ -225,13 +225,7 @@ async def test_the_server_cancelling_its_request_cancels_the_clients_handler(
     await client.send_request("ping_nothing")  # until the server has the connection
     (connection,) = server.connections
     task = asyncio.create_task(connection.send_request("block"))
-    await asyncio.wait_for(blocker.started.wait(), WAIT)
-    cancelled_at = time.monotonic()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.wait_for(blocker.cancelled.wait(), WAIT)
-    assert blocker.cancelled_at - cancelled_at < 0.1
+    assert await cancel_and_time(task, blocker) < 0.1
 
 
 async def test_the_server_cancelling_a_request_to_a_polling_client(
@@ -252,14 +246,8 @@ async def test_the_server_cancelling_a_request_to_a_polling_client(
         await wait_until(lambda: any(c.polls for c in server.sessions))
         [connection] = server.sessions
         task = asyncio.create_task(connection.send_request("block", timeout=WAIT))
-        await asyncio.wait_for(blocker.started.wait(), WAIT)
-        cancelled_at = time.monotonic()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.wait_for(blocker.cancelled.wait(), WAIT)
         # Delivered by the next poll, which is waiting already: no poll interval in between.
-        assert blocker.cancelled_at - cancelled_at < 0.5
+        assert await cancel_and_time(task, blocker) < 0.5
 
 
 async def test_a_broadcast_request_cancelled_cancels_every_clients_handler(
