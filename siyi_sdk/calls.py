@@ -25,7 +25,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Final, NamedTuple
 
-from .packets import Event, Request, Response, StatusCode, encode_event, encode_ok
+from .errors import ConnectionClosedError, NotConnectedError
+from .outcome import failure
+from .packets import Event, Request, Response, StatusCode, encode_event, encode_ok, new_id
 
 __all__ = [
     "ACK_EVENT",
@@ -37,13 +39,16 @@ __all__ = [
     "Runs",
     "Sink",
     "aclose",
+    "answer_stream",
     "budget",
+    "cancel_packet",
     "collect",
     "is_reserved",
     "remaining",
     "requested_timeout",
     "requested_window",
     "stamp",
+    "unanswered",
     "within",
 ]
 
@@ -81,6 +86,21 @@ async def aclose(items: AsyncIterator[Any]) -> None:
     close = getattr(items, "aclose", None)
     if close is not None:
         await close()
+
+
+def unanswered(future: asyncio.Future[Any]) -> bool:
+    """True when the answer `future` waits for has not come: withdraw the request.
+
+    Awaiting a future in a task that is cancelled cancels the future too, so a cancelled
+    future counts as unanswered, as does one still pending.
+    """
+    return future.cancelled() or not future.done()
+
+
+def cancel_packet(request_id: str) -> tuple[str, bytes]:
+    """The ``siyi.cancel`` event withdrawing `request_id` (§10): its own id, and its frame."""
+    event_id = new_id()
+    return event_id, encode_event(event_id, CANCEL_EVENT, {"id": request_id})
 
 
 def is_reserved(name: str) -> bool:
@@ -192,6 +212,37 @@ async def collect(request: Request, items: AsyncIterator[Any], max_size: int | N
                 StatusCode.TOO_LARGE,
             )
     return Response.success(request.id, data)
+
+
+async def answer_stream(
+    runs: Runs,
+    request: Request,
+    start: Callable[[], Any],
+    sink: Sink | None,
+    max_size: int | None,
+) -> Response:
+    """The answer of a streaming handler, on either side (§10); never raises.
+
+    `start()` calls the handler: its async iterator of items (or a Response answering at
+    once, such as a 400 for params that do not fit). The items go to `sink` as chunks when
+    the request asked for a stream, else they are answered as one array (`collect`). What
+    the handler raises ends the stream with its error (`outcome.failure`); a sink whose
+    connection dropped ends it with 499.
+    """
+    try:
+        items = start()
+        if isinstance(items, Response):
+            return items
+        if sink is None:
+            return await collect(request, items, max_size)
+        try:
+            return await runs.pump(request, items, sink.send, sink.window)
+        except (NotConnectedError, ConnectionClosedError):
+            return Response.fail(
+                request.id, "cancelled: the stream's connection dropped", StatusCode.CANCELLED
+            )
+    except Exception as exc:
+        return failure(request, exc)
 
 
 class _Run:

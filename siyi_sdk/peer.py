@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from aiohttp import WSMsgType
 
-from .calls import ACK_EVENT, CANCEL_EVENT, CHUNK_EVENT, Inbox, is_reserved, stamp
+from .calls import ACK_EVENT, CHUNK_EVENT, Inbox, cancel_packet, is_reserved, stamp, unanswered
 from .errors import (
     ConnectionClosedError,
     NotConnectedError,
@@ -287,7 +287,7 @@ class Peer:
                 f"no response to {request.command!r} within {timeout:g} s"
             ) from None
         except asyncio.CancelledError:
-            if future.cancelled() or not future.done():  # awaiting it cancels it too
+            if unanswered(future):
                 self.withdraw(rid)
             raise
         finally:
@@ -303,7 +303,7 @@ class Peer:
         """
         if self.closed:
             return
-        frame = encode_event(new_id(), CANCEL_EVENT, {"id": request_id})
+        _, frame = cancel_packet(request_id)
         task = asyncio.get_running_loop().create_task(self._send_quietly(frame))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -372,7 +372,7 @@ class Peer:
             del self._streams[rid]
             if timer is not None:
                 timer.cancel()
-            if not finished and (future.cancelled() or not future.done()):
+            if not finished and unanswered(future):
                 self.withdraw(rid)
 
     async def close(self, code: int = 1000, message: str = "", timeout: float = 10.0) -> None:

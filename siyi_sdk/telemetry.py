@@ -27,7 +27,7 @@ opt-in per server and per client.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -35,7 +35,7 @@ from .adapters.base import Adapter
 from .api.client import Api
 from .calls import is_reserved
 from .packets import Response
-from .pipeline import Call, CallNext, ClientCall
+from .pipeline import Call, CallNext, CallT, ClientCall
 
 if TYPE_CHECKING:
     from opentelemetry import trace
@@ -101,37 +101,41 @@ class Tracing:
         self, call: ServerCall, call_next: CallNext[ServerCall]
     ) -> Response | None:
         """The server's middleware (`ProtocolServer.use`): spans for what it handles and sends."""
-        if not call.is_request and is_reserved(call.name):
-            return await call_next(call)
-        with self._span(call) as span:
-            try:
-                answer = await call_next(call)
-            except BaseException as exc:
-                self._failed(span, exc)
-                raise
-            if call.direction == "in" and call.is_request:
-                span.set_attribute("siyi.cached", call.cached)
-            if call.transport is not None:
-                span.set_attribute("siyi.transport", call.transport)
-            self._answered(span, answer)
-            return answer
+        return await self._traced(call, call_next, self._served)
 
     async def client_middleware(
         self, call: ClientCall, call_next: CallNext[ClientCall]
     ) -> Response | None:
         """A client's middleware (`Adapter.use`): spans for what it sends and handles."""
+        return await self._traced(call, call_next, self._carried)
+
+    async def _traced(
+        self,
+        call: CallT,
+        call_next: CallNext[CallT],
+        known: Callable[[trace.Span, CallT], None],
+    ) -> Response | None:
+        """`call_next` in the span of `call`; `known` records what is known once it is through."""
         if not call.is_request and is_reserved(call.name):
             return await call_next(call)
         with self._span(call) as span:
             try:
                 answer = await call_next(call)
             except BaseException as exc:
-                self._carried(span, call)
+                known(span, call)
                 self._failed(span, exc)
                 raise
-            self._carried(span, call)
+            known(span, call)
             self._answered(span, answer)
             return answer
+
+    @staticmethod
+    def _served(span: trace.Span, call: ServerCall) -> None:
+        """What a server knows once a call is through: the transport, whether cached."""
+        if call.direction == "in" and call.is_request:
+            span.set_attribute("siyi.cached", call.cached)
+        if call.transport is not None:
+            span.set_attribute("siyi.transport", call.transport)
 
     @contextlib.contextmanager
     def _span(self, call: Call) -> Iterator[trace.Span]:

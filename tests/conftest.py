@@ -295,7 +295,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Node:
-    """A server process (`tests.memory_node`) of the memory tests."""
+    """A server process: of the memory tests (`tests.memory_node`) or of a deployment."""
 
     def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
         self.process = process
@@ -304,6 +304,10 @@ class Node:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to its clients, to Redis, to anyone."""
+        self.process.send_signal(signal.SIGKILL)
 
     def rss(self) -> int:
         """The process's resident memory, in bytes."""
@@ -345,7 +349,7 @@ async def start_node() -> AsyncIterator[NodeFactory]:
     finally:
         for node in nodes:
             with contextlib.suppress(ProcessLookupError):
-                node.process.send_signal(signal.SIGKILL)
+                node.kill()
             await node.process.wait()
 
 

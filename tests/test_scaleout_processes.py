@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,26 +27,10 @@ from siyi_sdk import (
 )
 from siyi_sdk.testing import TcpProxy
 
-from .conftest import WAIT, Inbox, free_port, wait_for, wait_until
+from .conftest import WAIT, Inbox, Node, free_port, wait_for, wait_until
 from .redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Node:
-    """One server process of the deployment."""
-
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
-        self.process = process
-        self.port = port
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye to its clients, to Redis, to anyone."""
-        self.process.send_signal(signal.SIGKILL)
 
 
 async def start_node(url: str, prefix: str) -> Node:

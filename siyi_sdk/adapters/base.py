@@ -14,6 +14,7 @@ it lives elsewhere (`adapters.middleware`, `calls`, `outcome`).
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import logging
 from abc import ABC, abstractmethod
@@ -21,14 +22,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self, TypeAlias
 
-from ..calls import DEFAULT_WINDOW, Runs, Sink, collect, is_reserved
+from ..calls import DEFAULT_WINDOW, Runs, Sink, answer_stream, is_reserved
 from ..errors import (
     InvalidResultError,
     ProtocolVersionError,
     TransportError,
     error_for_response,
 )
-from ..outcome import call_event_handler, call_request_handler, failure
+from ..outcome import call_event_handler, call_request_handler
 from ..packets import (
     PROTOCOL_VERSION,
     SESSION_HEADER,
@@ -391,7 +392,9 @@ class Adapter(ABC):
         if handler is not None:
             # Under the server's deadline (meta.timeout: 408) and cancellable by it (499).
             if inspect.isasyncgenfunction(handler):
-                answer = self._stream_answer(handler, request)
+                start = functools.partial(handler, request)
+                sink = self.chunk_sink(request)
+                answer = answer_stream(self.session.runs, request, start, sink, None)
             else:
                 answer = call_request_handler(handler, (request,), request)
             return await self.session.runs.run(request, answer, None)
@@ -403,17 +406,6 @@ class Adapter(ABC):
         if not parent._middleware:
             return await parent.handle_request(request)
         return await forward_request(self, parent, request)
-
-    async def _stream_answer(self, handler: Callable[..., Any], request: Request) -> Response:
-        """A streaming handler's answer: chunks to `chunk_sink`, else one array (§10)."""
-        try:
-            items = handler(request)
-            sink = self.chunk_sink(request)
-            if sink is not None:
-                return await self.session.runs.pump(request, items, sink.send, sink.window)
-            return await collect(request, items, None)
-        except Exception as exc:
-            return failure(request, exc)
 
     async def _deliver_event(self, event: Event) -> None:
         if self._event_handlers:

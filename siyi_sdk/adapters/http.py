@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 from tenacity import RetryCallState
 
-from ..calls import CANCEL_EVENT, DEFAULT_WINDOW, stamp
+from ..calls import DEFAULT_WINDOW, cancel_packet, stamp
 from ..errors import (
     ProtocolError,
     RequestTimeoutError,
@@ -194,9 +194,12 @@ class HttpAdapter(Adapter):
         self._checked = True
 
     async def _post(self, packet: Packet, timeout: float | None) -> Response:
+        return await self._post_frame(encode(packet), timeout)
+
+    async def _post_frame(self, frame: bytes, timeout: float | None) -> Response:
         if not self._checked:
             await self._check_protocol()
-        status, body = await self._call("POST", self.url, timeout, encode(packet))
+        status, body = await self._call("POST", self.url, timeout, frame)
         try:
             answer = parse_message(body)
         except ProtocolError as exc:
@@ -236,14 +239,14 @@ class HttpAdapter(Adapter):
         """
         if self.session.key is None:
             return
-        cancel = Event(name=CANCEL_EVENT, data={"id": request_id})
+        _, cancel = cancel_packet(request_id)
         task = asyncio.get_running_loop().create_task(self._post_quietly(cancel))
         self._withdrawing.add(task)
         task.add_done_callback(self._withdrawing.discard)
 
-    async def _post_quietly(self, packet: Packet) -> None:
+    async def _post_quietly(self, frame: bytes) -> None:
         try:
-            await self._post(packet, self.request_timeout)
+            await self._post_frame(frame, self.request_timeout)
         except (TransportError, RequestTimeoutError) as exc:
             logger.info("%s: could not withdraw a request: %s", self.name, exc)
 

@@ -25,6 +25,7 @@ from .common import (
     WEBSOCKET_SCHEMES,
     client_for,
     describe,
+    emit,
     headers,
     one_connection,
     tell,
@@ -75,7 +76,7 @@ async def _run_stream(args: argparse.Namespace, request: Request, websocket: boo
     count = 0
     try:
         async for item in stream:
-            print(orjson.dumps(item).decode(), flush=True)
+            emit(orjson.dumps(item).decode())
             count += 1
     except ApiError as exc:
         tell(args, f"the stream ended with error {exc.code} after {count} items: {exc.message}")
@@ -123,7 +124,7 @@ async def run_call(args: argparse.Namespace) -> int:
     except (OSError, aiohttp.ClientError, TimeoutError) as exc:  # TransportError is an OSError
         tell(args, f"cannot reach {args.url}: {describe(exc, args.timeout)}")
         return EXIT_NO_ANSWER
-    print(encode(response).decode(), flush=True)
+    emit(encode(response).decode())
     if response.ok:
         return EXIT_OK
     tell(args, f"error {response.code}: {response.error}")

@@ -65,6 +65,16 @@ def configure_logging(args: argparse.Namespace) -> None:
     )
 
 
+def emit(line: str) -> None:
+    """Write one line of the command's output (a result, the narration) to stdout, at once.
+
+    The command's output is its product, not a log record: it goes to stdout whatever the
+    logging configuration, and is flushed line by line so a pipe sees each as it comes.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def tell(args: argparse.Namespace, message: str) -> None:
     """Say something on stderr, prefixed with the subcommand (stdout is for results).
 
@@ -72,7 +82,8 @@ def tell(args: argparse.Namespace, message: str) -> None:
         args: the parsed arguments (``command`` names the subcommand).
         message: what to say.
     """
-    print(f"siyi {args.command}: {message}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"siyi {args.command}: {message}\n")
+    sys.stderr.flush()
 
 
 def headers(args: argparse.Namespace) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..demo import DemoFailedError, run_demo
-from .common import EXIT_ERROR_RESPONSE, EXIT_NO_ANSWER, EXIT_OK, tell
+from .common import EXIT_ERROR_RESPONSE, EXIT_NO_ANSWER, EXIT_OK, emit, tell
 
 __all__ = ["run_demo_command"]
 
@@ -20,12 +20,8 @@ async def run_demo_command(args: argparse.Namespace) -> int:
         The exit code: `EXIT_OK`, `EXIT_ERROR_RESPONSE` if a step failed, `EXIT_NO_ANSWER` if
         no loopback port could be had.
     """
-
-    def narrate(sentence: str) -> None:
-        print(sentence, flush=True)
-
     try:
-        await run_demo(narrate=narrate)
+        await run_demo(narrate=emit)
     except DemoFailedError as exc:
         tell(args, f"the demo failed: {exc}")
         return EXIT_ERROR_RESPONSE

@@ -15,6 +15,7 @@ from .common import (
     EXIT_OK,
     WEBSOCKET_SCHEMES,
     describe,
+    emit,
     headers,
     one_connection,
     tell,
@@ -25,7 +26,7 @@ __all__ = ["run_listen"]
 
 
 def _print_event(event: Event) -> None:
-    print(encode(event).decode(), flush=True)
+    emit(encode(event).decode())
 
 
 async def run_listen(args: argparse.Namespace) -> int:

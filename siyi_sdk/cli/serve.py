@@ -8,7 +8,7 @@ from typing import Any
 
 from ..demo import create_game_server
 from ..server.redis_backplane import RedisBackplane
-from .common import EXIT_NO_ANSWER, EXIT_OK, tell, until_signal, url_host
+from .common import EXIT_NO_ANSWER, EXIT_OK, emit, tell, until_signal, url_host
 
 __all__ = ["run_serve", "server_tls"]
 
@@ -94,10 +94,9 @@ async def run_serve(args: argparse.Namespace) -> int:
         base = f"{url_host(args.host)}:{server.port}"
         shared = f", one node of {args.redis}" if args.redis else ""
         ws, http = ("wss", "https") if server.ssl is not None else ("ws", "http")
-        print(
+        emit(
             f"serving the demo game on {ws}://{base} (and POST {http}://{base}/general)"
-            f"{shared}; Ctrl+C to stop",
-            flush=True,
+            f"{shared}; Ctrl+C to stop"
         )
         await server.start()  # until stop()
         return EXIT_OK
@@ -107,6 +106,6 @@ async def run_serve(args: argparse.Namespace) -> int:
     finally:
         await server.stop()
     if code is None:  # stopped by a signal: the normal end
-        print("stopped", flush=True)
+        emit("stopped")
         return EXIT_OK
     return code

@@ -23,6 +23,7 @@ from .common import (
     WEBSOCKET_SCHEMES,
     client_for,
     describe,
+    emit,
     headers,
     tell,
 )
@@ -115,5 +116,5 @@ async def run_upload(args: argparse.Namespace) -> int:
         return EXIT_NO_ANSWER
     if bar is not None:
         bar.end()
-    print(orjson.dumps(info.model_dump()).decode(), flush=True)
+    emit(orjson.dumps(info.model_dump()).decode())
     return EXIT_OK

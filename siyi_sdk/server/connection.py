@@ -14,14 +14,14 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
-from ..calls import CANCEL_EVENT, DEFAULT_WINDOW, Runs, stamp
+from ..calls import DEFAULT_WINDOW, Runs, cancel_packet, stamp, unanswered
 from ..errors import (
     ConnectionClosedError,
     NotConnectedError,
     RequestTimeoutError,
     error_for_response,
 )
-from ..packets import Event, Request, Response, encode, encode_event, kept, new_id
+from ..packets import Event, Request, Response, encode, kept
 from ..pipeline import Call, Chain, Direction
 from .mailbox import Mailbox
 from .outbox import Outbox
@@ -231,7 +231,7 @@ class Connection(Mailbox):
                     f"no response to {command!r} within {timeout:g} s"
                 ) from None
         except asyncio.CancelledError:
-            if future.cancelled() or not future.done():  # awaiting it cancels it too
+            if unanswered(future):
                 self._withdraw(request.id)
             raise
         finally:
@@ -239,8 +239,8 @@ class Connection(Mailbox):
 
     def _withdraw(self, request_id: str) -> None:
         """Buffer ``siyi.cancel`` for a request the peer will take from the buffer (§10)."""
-        event_id = new_id()
-        frame = kept(encode_event(event_id, CANCEL_EVENT, {"id": request_id}))
+        event_id, frame = cancel_packet(request_id)
+        frame = kept(frame)
         task = asyncio.get_running_loop().create_task(self._keep(event_id, frame))
         self._withdrawing.add(task)
         task.add_done_callback(self._withdrawing.discard)

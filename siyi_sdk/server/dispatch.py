@@ -11,6 +11,7 @@ at-most-once record, then the typed route or the catch-all handler. What the ser
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,7 @@ from typing import Any, Literal, TypeAlias
 from pydantic import ValidationError
 
 from ..api.command import Command, EventModel
-from ..calls import Sink, collect, is_reserved, requested_window
-from ..errors import ConnectionClosedError, NotConnectedError
+from ..calls import Sink, answer_stream, is_reserved, requested_window
 from ..outcome import (
     answer_to,
     call_event_handler,
@@ -183,18 +183,9 @@ class Dispatcher:
             return encode_response(failure(request, exc))
         if type(result) not in _DATA and inspect.isawaitable(result):
             # A plain function that returned an awaitable (a lambda around a coroutine).
-            return self._within_deadline(connection, request, self._settle(request, result))
+            finish = call_request_handler(route.finish, (request, result), request)
+            return self._within_deadline(connection, request, finish)
         return encode_result(request, result)
-
-    @staticmethod
-    async def _settle(request: Request, pending: Awaitable[Any]) -> Response:
-        try:
-            result = await pending
-        except Exception as exc:
-            return failure(request, exc)
-        if not isinstance(result, Response):
-            return Response.success(request.id, result)
-        return answer_to(request, result, "the handler")
 
     async def handle_frame(
         self,
@@ -265,26 +256,12 @@ class Dispatcher:
     ) -> Awaitable[Response]:
         return connection.runs.run(request, answer, self.settings.handler_timeout)
 
-    async def _stream(
+    def _stream(
         self, route: Route, connection: Connection, request: Request, sink: Sink | None
-    ) -> Response:
+    ) -> Awaitable[Response]:
         """A streaming command: its items to `sink` as chunks, else as one array (§10)."""
-        try:
-            items = route.invoke(connection, request)
-            if isinstance(items, Response):
-                return items  # the params did not fit
-            if sink is not None:
-                try:
-                    return await connection.runs.pump(request, items, sink.send, sink.window)
-                except (NotConnectedError, ConnectionClosedError):
-                    return Response.fail(
-                        request.id,
-                        "cancelled: the stream's connection dropped",
-                        StatusCode.CANCELLED,
-                    )
-            return await collect(request, items, self.settings.max_message_size)
-        except Exception as exc:
-            return failure(request, exc)
+        start = functools.partial(route.invoke, connection, request)
+        return answer_stream(connection.runs, request, start, sink, self.settings.max_message_size)
 
     # Events ----------------------------------------------------------------------------------
 

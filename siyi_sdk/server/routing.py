@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,10 +76,17 @@ class Route:
         """Validate the params, run the handler, wrap its result (exceptions propagate)."""
         result = self.invoke(connection, request)
         if inspect.isawaitable(result):
-            result = await result
-        if isinstance(result, Response):
-            return result
-        return Response.success(request.id, result)
+            return await self.finish(request, result)
+        return self.wrap(request, result)
+
+    @staticmethod
+    def wrap(request: Request, result: object) -> Response:
+        """A handler's result as its answer: a Response as it is, else the data of an ok one."""
+        return result if isinstance(result, Response) else Response.success(request.id, result)
+
+    async def finish(self, request: Request, pending: Awaitable[Any]) -> Response:
+        """`wrap` the result of a handler's run still going (exceptions propagate)."""
+        return self.wrap(request, await pending)
 
 
 def is_async(handler: Callable[..., Any]) -> bool:
