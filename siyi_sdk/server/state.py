@@ -11,7 +11,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import SiyiError
 from ..outcome import encode_response
@@ -93,6 +93,13 @@ class MemoryResponseCache(ResponseCache):
         max_markers: markers of answers let go kept at most (default: `max_entries`); each
             costs about 200 bytes (its key, as long as the session key and the request id).
     """
+
+    _run_once_replaced: ClassVar[bool] = False
+    """True in a subclass that overrides `run_once`: the frame paths then go through it."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._run_once_replaced = cls.run_once is not MemoryResponseCache.run_once
 
     def __init__(
         self,
@@ -226,7 +233,7 @@ class MemoryResponseCache(ResponseCache):
         self, key: CacheKey, run: Callable[..., bytes | Awaitable[Response]], *args: Any
     ) -> bytes | Awaitable[bytes] | None:
         """See `ResponseCache.answer_now`: dict work only, unless a slice of entries expires."""
-        if type(self).run_once is not MemoryResponseCache.run_once:
+        if self._run_once_replaced:
             return None  # a subclass that observes run_once sees every call
         skey = self._key(key)
         done = self._done
@@ -256,7 +263,7 @@ class MemoryResponseCache(ResponseCache):
         self, key: CacheKey, compute: Callable[[], Awaitable[Response]]
     ) -> bytes:
         """See `ResponseCache.run_once_frame`: the kept bytes themselves, encoded once."""
-        if type(self).run_once is not MemoryResponseCache.run_once:
+        if self._run_once_replaced:
             # A subclass that changes run_once (to observe it, say) sees every call.
             return encode_response(await self.run_once(key, compute))
         skey = self._key(key)
