@@ -279,12 +279,6 @@ class Runs:
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
 
-    def __len__(self) -> int:
-        return len(self._runs)
-
-    def __contains__(self, request_id: object) -> bool:
-        return request_id in self._runs
-
     async def run(
         self, request: Request, answer: Awaitable[Response], limit: float | None
     ) -> Response:

@@ -273,3 +273,20 @@ async def test_a_broadcast_request_cancelled_cancels_every_clients_handler(
         await task
     for blocker in blockers:
         await asyncio.wait_for(blocker.cancelled.wait(), WAIT)
+
+
+async def test_a_handler_can_read_what_is_left_of_its_budget(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    from siyi_sdk.calls import remaining
+
+    server = await make_server(handler_timeout=1.0)
+
+    @server.command("left")
+    async def left(connection: Connection, params: dict[str, Any]) -> float | None:
+        return remaining()
+
+    client = await make_client(ws_url(server))
+    assert remaining() is None  # outside a handler: unbounded
+    budget = (await client.send_request("left", timeout=0.5)).data
+    assert 0 < budget <= 0.5  # the smaller of the caller's 0.5 s and the server's 1 s
