@@ -4,14 +4,16 @@ Echo requests are fed straight to a `Peer` whose socket stand-in discards what i
 a time, so the figures are siyi-sdk's Python cost alone (no kernel, no aiohttp I/O). Printed:
 CPU µs per request through the full dispatch path (no middleware: the flat path); with every
 request carrying the ``meta.timeout`` the SDK's clients send (PROTOCOL.md §9); with the
-at-most-once cache replaced by a pass-through (their difference is the cache's cost); and with
-one middleware that only passes the call on (the whole chain's machinery). Then the process
-RSS as the cache fills to its bound (100,000 remembered Responses).
+at-most-once cache replaced by a pass-through (their difference is the cache's cost); with
+one middleware that only passes the call on (the whole chain's machinery); and, with the
+``otel`` extra installed, with `Tracing` installed but no OpenTelemetry SDK configured. Then
+the process RSS as the cache fills to its bound (100,000 remembered Responses).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -124,6 +126,13 @@ async def main() -> None:
         runs = [await _feed(server, 60_000, f"{label}{n}", meta) for n in range(3)]
         best = min(runs)
         print(f"{label:28s} {best:6.2f} µs/request")
+    if importlib.util.find_spec("opentelemetry") is not None:  # the otel extra
+        from siyi_sdk import Tracing
+
+        server = _server(None)
+        Tracing().install(server)  # no OpenTelemetry SDK configured: the global no-op one
+        best = min([await _feed(server, 60_000, f"tracing{n}") for n in range(3)])
+        print(f"{'Tracing, no SDK configured':28s} {best:6.2f} µs/request")
     server = _server(None)
     print(f"RSS before: {_rss_mib()} MiB")
     for chunk in range(3):
