@@ -460,6 +460,7 @@ ClientFactory = Callable[[int, Shared, EventSink | None], Client]
 
 CLIENTS: dict[str, ClientFactory] = {
     "raw_ws": RawWs,
+    "siyi_server": RawWs,  # the same frames; it ignores the session event siyi's server sends
     "raw_http": RawHttp,
     "socketio": SocketIo,
     "siyi_client": SiyiClient,

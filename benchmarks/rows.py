@@ -46,6 +46,12 @@ ROWS: Final[tuple[Row, ...]] = (
         "ws",
         holds=True,
     ),
+    Row(
+        "siyi_server",
+        "siyi ProtocolServer + the raw client above (the server alone)",
+        "siyi",
+        "ws",
+    ),
     Row("siyi_api_ws", "siyi Api over WebSocketAdapter", "siyi", "ws"),
     Row("siyi_api_http", "siyi Api over HttpAdapter (POST /general)", "siyi", "http"),
     Row("raw_http", "raw aiohttp POST (orjson)", "raw", "http"),

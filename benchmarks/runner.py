@@ -888,6 +888,16 @@ TARGETS: Final = (
         False,
         1,
     ),
+    Target(_WS_RPS + " (the server alone)", "par_rps", "siyi_server", "raw_ws", 0.75, True),
+    Target(
+        "server CPU per request (64 in flight, the server alone), µs",
+        "par_cpu",
+        "siyi_server",
+        "raw_ws",
+        1.3,
+        False,
+        1,
+    ),
     Target(
         "HTTP /general, 64 in flight, req/s", "par_rps", "siyi_api_http", "raw_http", 0.85, True
     ),

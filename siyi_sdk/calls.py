@@ -158,7 +158,12 @@ def stamp(request: Request, timeout: float | None) -> float | None:
     if timeout is not None:
         meta = request.meta
         # A new dict: the caller's own (a middleware's, a reused packet's) is not changed.
-        request.meta = {"timeout": timeout} if not meta else {**meta, "timeout": timeout}
+        # Stored as pydantic's own assignment would (no validation on assignment), without
+        # its __setattr__ machinery: every request passes here.
+        request.__dict__["meta"] = (
+            {"timeout": timeout} if not meta else {**meta, "timeout": timeout}
+        )
+        request.__pydantic_fields_set__.add("meta")
     return timeout
 
 

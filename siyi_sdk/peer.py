@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -34,6 +33,8 @@ from .errors import (
     RequestTimeoutError,
     error_for_response,
 )
+from .expiry import Expired, Expiry
+from .frames import text_frames
 from .outcome import encode_response, start_task
 from .packets import (
     Event,
@@ -61,20 +62,10 @@ DEFAULT_MAX_OUTBOX_BYTES = 16 * 1024 * 1024
 
 logger = logging.getLogger(__name__)
 
+_BATCH = 16
+
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
-_HEADER_SHORT = struct.Struct("!BB").pack
-_HEADER_MEDIUM = struct.Struct("!BBH").pack
-_HEADER_LONG = struct.Struct("!BBQ").pack
-
-
-class _Expired(Exception):
-    """Set on a request's future when its timeout runs out."""
-
-
-def _expire(future: asyncio.Future[Response]) -> None:
-    if not future.done():
-        future.set_exception(_Expired())
 
 
 class WebSocketLike(Protocol):
@@ -134,6 +125,8 @@ class Peer:
             ``siyi.ack``: `calls.Runs.control`) at once, as they are read, ahead of the
             ordered events; without it they are dropped. ``siyi.chunk`` events go to this
             peer's own streams. No reserved event reaches `on_event`.
+        masked: this is the client's end, whose frames are masked (RFC 6455 §5.3); matters
+            only with a `transport`, where this peer writes frames itself.
     """
 
     def __init__(
@@ -150,6 +143,7 @@ class Peer:
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
         on_control: Callable[[Event], None] | None = None,
+        masked: bool = False,
     ) -> None:
         self._ws = ws
         self._on_control = on_control
@@ -158,10 +152,13 @@ class Peer:
         self._max_message_size = max_message_size
         self._transport = transport
         self._writable = transport if isinstance(transport, asyncio.WriteTransport) else None
-        # Answers given at once are batched and written together (`_flush`) where this peer
-        # writes its own frames: a server's socket (unmasked frames) without compression.
+        # Frames that can be sent at once (answers given at once, a client's requests) are
+        # batched and written together (`_flush`) where this peer can write its own frames: a
+        # known transport and no compression.
         self._coalesce = self._writable is not None and not getattr(ws, "compress", True)
+        self._masked = masked
         self._batch: list[bytes] | None = None
+        self._expiry = Expiry()
         self.max_pending_events = max(1, max_pending_events)
         self.max_outbox_bytes = max_outbox_bytes
         self.unsent = 0
@@ -277,12 +274,16 @@ class Peer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
         self._pending[rid] = future
-        # One timer handle, not an asyncio.timeout() context: this is the client's hot path.
-        timer = None if timeout is None else loop.call_later(timeout, _expire, future)
+        if timeout is not None:
+            self._expiry.add(future, timeout)  # not a timer per request: the hot path
         try:
-            await self.send_raw(encode(request))
+            data = encode(request)
+            if self._coalesce and self.can_send_at_once(len(data)):
+                self._queue(data)  # written with the others of this turn of the loop
+            else:
+                await self.send_raw(data)
             return await future
-        except _Expired:
+        except Expired:
             raise RequestTimeoutError(
                 f"no response to {request.command!r} within {timeout:g} s"
             ) from None
@@ -292,8 +293,6 @@ class Peer:
             raise
         finally:
             del self._pending[rid]
-            if timer is not None:
-                timer.cancel()
 
     def withdraw(self, request_id: str) -> None:
         """Send ``siyi.cancel`` for a request this side sent (§10), without waiting for it.
@@ -339,7 +338,8 @@ class Peer:
         future: asyncio.Future[Response] = loop.create_future()
         inbox = self._streams[rid] = Inbox(future)
         self._pending[rid] = future
-        timer = None if timeout is None else loop.call_later(timeout, _expire, future)
+        if timeout is not None:
+            self._expiry.add(future, timeout)
         batch = max(1, window // 2)
         acked = consumed = -1
         finished = False
@@ -360,7 +360,7 @@ class Peer:
                     finished = True
                     try:
                         response = future.result()
-                    except _Expired:
+                    except Expired:
                         raise RequestTimeoutError(
                             f"the stream of {request.command!r} did not end within {timeout:g} s"
                         ) from None
@@ -370,8 +370,6 @@ class Peer:
         finally:
             del self._pending[rid]
             del self._streams[rid]
-            if timer is not None:
-                timer.cancel()
             if not finished and unanswered(future):
                 self.withdraw(rid)
 
@@ -463,6 +461,7 @@ class Peer:
                     break
         finally:
             self._closed = True
+            self._expiry.clear()
             code = ws.close_code
             for future in self._pending.values():
                 if not future.done():
@@ -581,11 +580,7 @@ class Peer:
                 # the answers to every frame already read are written together, in one write
                 # when the reader next waits: one system call for a burst, not one per answer.
                 if self._coalesce:
-                    batch = self._batch
-                    if batch is None:
-                        batch = self._batch = []
-                        asyncio.get_running_loop().call_soon(self._flush)
-                    batch.append(answer)
+                    self._queue(answer)
                     return
                 if not self.closed:
                     try:
@@ -609,28 +604,28 @@ class Peer:
             if self._event_worker is None:
                 self._event_worker = asyncio.create_task(self._drain_events())
 
+    def _queue(self, frame: bytes) -> None:
+        """Send `frame` with the others queued in this turn of the loop, in one write."""
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = []
+            asyncio.get_running_loop().call_soon(self._flush)
+        batch.append(frame)
+        if len(batch) >= _BATCH:
+            self._flush()
+
     def _flush(self) -> None:
-        """Write the answers batched by `_on_frame` as text frames, in one write."""
+        """Write the frames batched by `_queue` as text frames, in one write."""
         batch = self._batch
         self._batch = None
         if not batch:
             return
         writable = self._writable
         if self.closed or writable is None or writable.is_closing():
-            logger.debug("%s: %d answers lost: the connection dropped", self.label, len(batch))
+            # Requests among them fail as the reader ends: it sees the same drop.
+            logger.debug("%s: %d frames lost: the connection dropped", self.label, len(batch))
             return
-        parts: list[bytes] = []
-        for frame in batch:
-            size = len(frame)
-            # A server's text frame (RFC 6455 §5.2): FIN and the opcode, then the length.
-            if size < 126:
-                parts.append(_HEADER_SHORT(0x81, size))
-            elif size < 65536:
-                parts.append(_HEADER_MEDIUM(0x81, 126, size))
-            else:
-                parts.append(_HEADER_LONG(0x81, 127, size))
-            parts.append(frame)
-        writable.write(b"".join(parts))
+        writable.write(text_frames(batch, masked=self._masked))
 
     def _on_reserved(self, event: Event) -> None:
         if event.name == CHUNK_EVENT:

@@ -32,6 +32,17 @@ __all__ = ["WebSocketAdapter"]
 logger = logging.getLogger(__name__)
 
 
+def _transport_of(ws: aiohttp.ClientWebSocketResponse) -> asyncio.BaseTransport | None:
+    """The socket's transport, so the peer can write a burst of requests in one write.
+
+    aiohttp keeps it on the connection a client WebSocket holds, which has no public name on
+    the WebSocket; without it (another aiohttp), the peer sends through `send_frame`.
+    """
+    connection = getattr(ws, "_conn", None)
+    transport = getattr(connection, "transport", None)
+    return transport if isinstance(transport, asyncio.BaseTransport) else None
+
+
 class WebSocketAdapter(Adapter):
     """A WebSocket to the server that keeps itself connected.
 
@@ -304,6 +315,8 @@ class WebSocketAdapter(Adapter):
             max_in_flight=self.max_in_flight,
             label=self.url,
             max_message_size=self.max_message_size,
+            transport=_transport_of(ws),
+            masked=True,
         )
         return peer, first
 
