@@ -108,12 +108,15 @@ async def test_expiry_fails_only_what_is_still_waiting_in_deadline_order() -> No
     loop = asyncio.get_running_loop()
     expiry = Expiry()
     failed: list[str] = []
-    futures = {}
+    futures: dict[str, asyncio.Future[None]] = {}
+
+    def note(future: asyncio.Future[None]) -> None:
+        if isinstance(future.exception(), Expired):
+            failed.append(next(k for k, v in futures.items() if v is future))
+
     for name, timeout in (("c", 0.06), ("a", 0.02), ("answered", 0.01), ("b", 0.04)):
         future: asyncio.Future[None] = loop.create_future()
-        future.add_done_callback(
-            lambda f, name=name: failed.append(name) if isinstance(f.exception(), Expired) else None
-        )
+        future.add_done_callback(note)
         futures[name] = future
         expiry.add(future, timeout)
     futures["answered"].set_result(None)
