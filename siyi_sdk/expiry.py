@@ -30,6 +30,8 @@ class Expiry:
     of the heap, it is rebuilt without them (amortised O(1) per `add`).
     """
 
+    __slots__ = ("_armed_at", "_compact_at", "_heap", "_order", "_timer")
+
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, asyncio.Future[Any]]] = []
         self._order = itertools.count()  # ties never compare futures

@@ -148,7 +148,8 @@ class Peer:
         self._ws = ws
         self._on_control = on_control
         self._streams: dict[str, Inbox] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        # Made for the first one: an idle connection's empty set would cost 216 bytes.
+        self._background: set[asyncio.Task[None]] | None = None
         self._max_message_size = max_message_size
         self._transport = transport
         self._writable = transport if isinstance(transport, asyncio.WriteTransport) else None
@@ -158,7 +159,7 @@ class Peer:
         self._coalesce = self._writable is not None and not getattr(ws, "compress", True)
         self._masked = masked
         self._batch: list[bytes] | None = None
-        self._expiry = Expiry()
+        self._expiry: Expiry | None = None  # made for the first request with a time limit
         self.max_pending_events = max(1, max_pending_events)
         self.max_outbox_bytes = max_outbox_bytes
         self.unsent = 0
@@ -275,7 +276,8 @@ class Peer:
         future: asyncio.Future[Response] = loop.create_future()
         self._pending[rid] = future
         if timeout is not None:
-            self._expiry.add(future, timeout)  # not a timer per request: the hot path
+            # Not a timer per request: this is the client's hot path.
+            (self._expiry or self._start_expiry()).add(future, timeout)
         try:
             data = encode(request)
             if self._coalesce and self.can_send_at_once(len(data)):
@@ -294,6 +296,10 @@ class Peer:
         finally:
             del self._pending[rid]
 
+    def _start_expiry(self) -> Expiry:
+        expiry = self._expiry = Expiry()
+        return expiry
+
     def withdraw(self, request_id: str) -> None:
         """Send ``siyi.cancel`` for a request this side sent (§10), without waiting for it.
 
@@ -304,8 +310,11 @@ class Peer:
             return
         _, frame = cancel_packet(request_id)
         task = asyncio.get_running_loop().create_task(self._send_quietly(frame))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        tasks = self._background
+        if tasks is None:
+            tasks = self._background = set()
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def stream(
         self, request: Request, window: int, timeout: float | None = None
@@ -339,7 +348,7 @@ class Peer:
         inbox = self._streams[rid] = Inbox(future)
         self._pending[rid] = future
         if timeout is not None:
-            self._expiry.add(future, timeout)
+            (self._expiry or self._start_expiry()).add(future, timeout)
         batch = max(1, window // 2)
         acked = consumed = -1
         finished = False
@@ -461,7 +470,8 @@ class Peer:
                     break
         finally:
             self._closed = True
-            self._expiry.clear()
+            if self._expiry is not None:
+                self._expiry.clear()
             code = ws.close_code
             for future in self._pending.values():
                 if not future.done():

@@ -32,10 +32,10 @@ class Mailbox:
         self.close_code: int | None = None
         self.dropped = 0
         self.ended = False
-        self._buffer: deque[tuple[str, bytes]] = deque()
+        # Made when first needed, as are the Event and the outbox: a server holds thousands of
+        # idle sessions, and an empty deque or Event costs ~760 bytes (its first block) each.
+        self._buffer: deque[tuple[str, bytes]] | None = None
         self._buffer_size = buffer_size
-        # Made when first needed, as is the outbox: an idle connection holds thousands of
-        # these, and an empty deque or Event costs ~760 bytes (its first block) each.
         self._arrived: asyncio.Event | None = None
         self._replaying = False
 
@@ -58,14 +58,15 @@ class Mailbox:
     @buffer_limit.setter
     def buffer_limit(self, size: int) -> None:
         self._buffer_size = size
-        while len(self._buffer) > size:
-            self._buffer.popleft()
+        buf = self._buffer
+        while buf and len(buf) > size:
+            buf.popleft()
             self.dropped += 1
 
     @property
     def buffered(self) -> int:
         """Packets waiting in the session's buffer."""
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer else 0
 
     def buffer(self, packet_id: str, frame: bytes) -> None:
         """Keep an encoded packet for the peer's return; the oldest goes when full."""
@@ -73,10 +74,13 @@ class Mailbox:
             return
         # Not while a peer that came back is being replayed to: what waits is on its way to a
         # connected peer, whose session event already said how many were dropped.
-        while not self._replaying and len(self._buffer) >= self._buffer_size:
-            self._buffer.popleft()
+        buf = self._buffer
+        if buf is None:
+            buf = self._buffer = deque()
+        while not self._replaying and buf and len(buf) >= self._buffer_size:
+            buf.popleft()
             self.dropped += 1
-        self._buffer.append((packet_id, frame))
+        buf.append((packet_id, frame))
         if self._arrived is not None:
             self._arrived.set()
 
@@ -91,6 +95,10 @@ class Mailbox:
                 everything and drop it.
         """
         buf = self._buffer
+        if buf is None:
+            if self._arrived is not None:
+                self._arrived.clear()
+            return []
         if after is None:
             frames = [frame for _, frame in buf]
             buf.clear()
@@ -173,6 +181,6 @@ class Mailbox:
     def end(self) -> None:
         """End the session: drop the buffer, wake pollers."""
         self.ended = True
-        self._buffer.clear()
+        self._buffer = None
         if self._arrived is not None:
             self._arrived.set()
