@@ -615,21 +615,32 @@ class Peer:
                 self._event_worker = asyncio.create_task(self._drain_events())
 
     def _queue(self, frame: bytes) -> None:
-        """Send `frame` with the others queued in this turn of the loop, in one write."""
+        """Send `frame`: at once if it is the first of this turn of the loop, else in one
+        write with the others queued after it, when the turn ends (or `_BATCH` are waiting).
+
+        The first goes at once so that a lone request or answer waits for nothing; a burst
+        (the answers to what one read brought, the requests of many tasks woken together)
+        costs two writes, not one per frame.
+        """
         batch = self._batch
         if batch is None:
-            batch = self._batch = []
+            self._batch = []
             asyncio.get_running_loop().call_soon(self._flush)
+            self._write([frame])
+            return
         batch.append(frame)
         if len(batch) >= _BATCH:
-            self._flush()
+            self._batch = []  # the turn goes on: what follows waits for its end
+            self._write(batch)
 
     def _flush(self) -> None:
         """Write the frames batched by `_queue` as text frames, in one write."""
         batch = self._batch
         self._batch = None
-        if not batch:
-            return
+        if batch:
+            self._write(batch)
+
+    def _write(self, batch: list[bytes]) -> None:
         writable = self._writable
         if self.closed or writable is None or writable.is_closing():
             # Requests among them fail as the reader ends: it sees the same drop.
