@@ -51,6 +51,7 @@ from .packets import (
 __all__ = [
     "DEFAULT_MAX_OUTBOX_BYTES",
     "DEFAULT_MAX_PENDING_EVENTS",
+    "FRAME_UNIT",
     "Peer",
 ]
 
@@ -59,6 +60,10 @@ DEFAULT_MAX_PENDING_EVENTS = 1000
 
 DEFAULT_MAX_OUTBOX_BYTES = 16 * 1024 * 1024
 """Bytes waiting to be written to one connection before its reader pauses (PROTOCOL.md §4)."""
+
+FRAME_UNIT = 1 << 48
+"""`Peer.received` and `Peer.sent` count frames and bytes in one integer, so that each frame
+costs one addition: frames times this, plus bytes (``divmod(count, FRAME_UNIT)``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +187,12 @@ class Peer:
         self._event_worker: asyncio.Task[None] | None = None
         self._closed = False
         self.remote_close_code: int | None = None
+        self.received = 0
+        """Frames read, times `FRAME_UNIT`, plus their bytes (a text frame's characters)."""
+        self.sent = 0
+        """Frames sent (or queued to be), times `FRAME_UNIT`, plus their bytes."""
+        self.busy = 0
+        """Requests answered 429 at once: `max_in_flight` requests were running."""
         """The close code the other side sent, when it closed first (1000: a clean close)."""
 
     @property
@@ -246,6 +257,7 @@ class Peer:
         if self._batch:
             self._flush()  # answers already read go first
         try:
+            self.sent += FRAME_UNIT + len(data)
             await self._ws.send_frame(data, _TEXT)
         except ConnectionError as exc:
             raise ConnectionClosedError(f"{self.label}: the connection dropped: {exc}") from exc
@@ -453,6 +465,7 @@ class Peer:
                 kind = msg.type
                 if kind is _TEXT or kind is _BINARY:
                     data = msg.data
+                    self.received += FRAME_UNIT + len(data)
                     if limit is not None and len(data) * 4 > limit and _over(data, limit):
                         await self._refuse_oversized(len(data))
                         break
@@ -574,6 +587,7 @@ class Peer:
                 future.set_result(packet)
         elif type(packet) is Request:
             if len(self.handling) >= self._max_in_flight:
+                self.busy += 1
                 await self._send_quietly(
                     encode(
                         Response.fail(
@@ -594,6 +608,7 @@ class Peer:
                     return
                 if not self.closed:
                     try:
+                        self.sent += FRAME_UNIT + len(answer)
                         await self._ws.send_frame(answer, _TEXT)
                     except ConnectionError:
                         logger.debug("%s: an answer was lost: the connection dropped", self.label)
@@ -629,6 +644,7 @@ class Peer:
             self._write([frame])
             return
         batch.append(frame)
+        self.sent += FRAME_UNIT + len(frame)
         if len(batch) >= _BATCH:
             self._batch = []  # the turn goes on: what follows waits for its end
             self._write(batch)

@@ -77,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the PEM private key of --cert, unencrypted (default: it is in the --cert file)",
     )
+    serve.add_argument(
+        "--metrics",
+        nargs="?",
+        const="/metrics",
+        metavar="PATH",
+        help="serve Prometheus metrics at PATH (/metrics when PATH is left out); needs the "
+        "prometheus extra",
+    )
+    serve.add_argument(
+        "--metrics-key",
+        metavar="KEY",
+        help="a scrape of --metrics must send 'Authorization: Bearer KEY' (default: open)",
+    )
     serve.set_defaults(run=run_serve, log_level=logging.INFO)
 
     call = commands.add_parser(

@@ -1,4 +1,4 @@
-"""``siyi serve``: the demo game server until Ctrl+C, with its TLS and Redis options."""
+"""``siyi serve``: the demo game server until Ctrl+C, with its TLS, Redis and metrics options."""
 
 from __future__ import annotations
 
@@ -78,12 +78,22 @@ async def run_serve(args: argparse.Namespace) -> int:
     elif args.key is not None:
         tell(args, "--key needs --cert (the certificate chain it belongs to)")
         return EXIT_NO_ANSWER
-    server = create_game_server(
-        args.host,
-        args.port,
-        heartbeat_interval=args.heartbeat if args.heartbeat > 0 else None,
-        **extra,
-    )
+    if args.metrics_key is not None and args.metrics is None:
+        tell(args, "--metrics-key needs --metrics (the path it guards)")
+        return EXIT_NO_ANSWER
+    if args.metrics is not None:
+        extra["metrics_path"] = args.metrics
+        extra["metrics_key"] = args.metrics_key
+    try:
+        server = create_game_server(
+            args.host,
+            args.port,
+            heartbeat_interval=args.heartbeat if args.heartbeat > 0 else None,
+            **extra,
+        )
+    except ImportError as exc:  # --metrics without the prometheus extra
+        tell(args, f"--metrics: {exc}")
+        return EXIT_NO_ANSWER
 
     async def serve() -> int:
         try:
@@ -98,6 +108,8 @@ async def run_serve(args: argparse.Namespace) -> int:
             f"serving the demo game on {ws}://{base} (and POST {http}://{base}/general)"
             f"{shared}; Ctrl+C to stop"
         )
+        if args.metrics is not None:
+            emit(f"metrics for Prometheus at {http}://{base}{args.metrics}")
         await server.start()  # until stop()
         return EXIT_OK
 

@@ -33,6 +33,7 @@ from .dispatch import (
 )
 from .http_endpoints import HttpEndpoints
 from .lifecycle import Lifecycle, ServerSettings, Setting
+from .prometheus import PrometheusEndpoint
 from .registration import Registration
 from .serving import Serving
 from .sessions import SessionRegistry
@@ -99,6 +100,11 @@ class ProtocolServer(Registration):
         ssl: serve HTTPS and WSS with this context (holding the certificate chain and key,
             e.g. ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` then
             ``load_cert_chain``); None serves plain HTTP and WS.
+        metrics_path: serve the server's metrics (`siyi_sdk.metrics.Metrics`, installed on
+            it here, first in its middleware chain) in the Prometheus text format at this
+            path, e.g. ``"/metrics"``; needs the ``prometheus`` extra. None: not served.
+        metrics_key: a key a scrape of `metrics_path` must present as
+            ``Authorization: Bearer <key>`` (else 401); None: the metrics are open.
     """
 
     heartbeat_interval = Setting[float | None]()
@@ -145,6 +151,8 @@ class ProtocolServer(Registration):
         upload_path: str = "/upload",
         backplane: Backplane | None = None,
         ssl: SSLContext | None = None,
+        metrics_path: str | None = None,
+        metrics_key: str | None = None,
     ) -> None:
         self.host = host
         self.ssl = ssl
@@ -219,6 +227,13 @@ class ProtocolServer(Registration):
             ),
             http=HttpEndpoints(self.settings, self.gate, self.dispatcher, self.lifecycle),
         )
+        self.metrics_endpoint: PrometheusEndpoint | None = None
+        """What serves `metrics_path` (its `registry`, its `meter_provider`), if set."""
+        if metrics_key is not None and metrics_path is None:
+            raise ValueError("metrics_key guards metrics_path: give metrics_path too")
+        if metrics_path is not None:
+            self.metrics_endpoint = PrometheusEndpoint(self, metrics_key)
+            self._serving.extra_routes.append((metrics_path, self.metrics_endpoint.handle))
 
     @property
     def verify_key(self) -> str | None:
@@ -307,6 +322,7 @@ class ProtocolServer(Registration):
     # Sessions --------------------------------------------------------------------------------
 
     def _session_ended(self, connection: Connection) -> None:
+        self.lifecycle.stats.dropped += connection.dropped  # its drops outlive it in the count
         if self.backplane.shared:
             self.lifecycle.spawn(self.backplane.end_session(connection))
         self.session_ended(connection)

@@ -80,6 +80,13 @@ class Backplane(ABC):
     node_id: str = "local"
     """This process's name among the nodes (random for shared backplanes)."""
 
+    round_trip: float | None = None
+    """Seconds the latest round trip to a shared backplane's service took (None: not
+    measured); read by `siyi_sdk.metrics`."""
+
+    outages: int = 0
+    """Times a shared backplane's service became unreachable; read by `siyi_sdk.metrics`."""
+
     _host: BackplaneHost | None = None
 
     def bind(self, host: BackplaneHost) -> None:

@@ -89,10 +89,15 @@ class HttpEndpoints:
         if task is not None:
             calls.add(task)
         try:
-            return await self._general(request)
+            reply = await self._general(request)
         finally:
             if task is not None:
                 calls.discard(task)
+        if type(reply) is web.Response and isinstance(reply.body, bytes):
+            stats = self.lifecycle.stats  # one Response packet (a stream counts none)
+            stats.http_sent += 1
+            stats.http_sent_bytes += len(reply.body)
+        return reply
 
     async def _general(self, request: web.Request) -> web.StreamResponse:
         # Everything that can refuse the call comes before its session: a refused call (401,
@@ -106,6 +111,9 @@ class HttpEndpoints:
             return self._too_large(exc.size)
         except RequestPayloadError as exc:
             return refusal(400, StatusCode.BAD_REQUEST, f"bad request: unreadable body: {exc}")
+        stats = self.lifecycle.stats
+        stats.http_received += 1
+        stats.http_received_bytes += len(body)
         try:
             packet = parse_message(body)
         except ProtocolError as exc:
@@ -184,6 +192,9 @@ class HttpEndpoints:
         finally:
             session.polls -= 1
             self.gate.touch(session)
+        stats = self.lifecycle.stats
+        stats.http_sent += len(frames)
+        stats.http_sent_bytes += sum(map(len, frames))
         return web.Response(
             body=b"[" + b",".join(frames) + b"]",
             content_type=JSON,

@@ -12,6 +12,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
+from .stats import ServerStats
+
 if TYPE_CHECKING:
     from ..peer import Peer
 
@@ -46,6 +48,7 @@ class Lifecycle:
         peers: every open packet WebSocket (attached to its session, or replaying).
         background: tasks started with `spawn` (handlers of connects, session ends, ...).
         http_calls: the tasks of HTTP calls being answered (a stop waits for them too).
+        stats: the server's traffic counters (`ServerStats`), which every part adds to.
     """
 
     def __init__(self) -> None:
@@ -53,6 +56,7 @@ class Lifecycle:
         self.peers: set[Peer] = set()
         self.background: set[asyncio.Task[Any]] = set()
         self.http_calls: set[asyncio.Task[Any]] = set()
+        self.stats = ServerStats()
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         """Run `coro` in the background; a stop waits for it, then cancels it."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from ssl import SSLContext
 
 from aiohttp import web
@@ -59,6 +59,10 @@ class Serving:
         self._stopped = asyncio.Event()
         self._stopping_task: asyncio.Future[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.extra_routes: list[
+            tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+        ] = []
+        """More GET routes ``(path, handler)`` served under the prefix (``metrics_path``)."""
 
     async def wait_stopped(self) -> None:
         """Return once the server has stopped."""
@@ -76,6 +80,8 @@ class Serving:
         self._websocket.general_path = prefix + settings.general_path
         app.router.add_get(prefix + settings.about_path, self._http.about)
         app.router.add_get(prefix + settings.events_path, self._http.events)
+        for path, handler in self.extra_routes:
+            app.router.add_get(prefix + path, handler)
         self.uploads.setup(app, prefix)
         app.cleanup_ctx.append(self._lifespan)
         app.on_shutdown.append(self._on_shutdown)

@@ -104,6 +104,7 @@ class WebSocketEndpoint:
             await peer.run()
         finally:
             lifecycle.peers.discard(peer)
+            lifecycle.stats.peer_closed(peer)  # in the same step: no frame counted twice
             attached = session.detach(peer)
             if attached:
                 self.gate.sessions.touch(session)
@@ -120,6 +121,8 @@ class WebSocketEndpoint:
     async def _greet(self, session: Connection, peer: Peer, resumed: bool) -> None:
         # The session event first, then what waited in the buffer, then anything new.
         dropped = await self.backplane.claim(session)
+        stats = self.lifecycle.stats
+        stats.dropped += dropped
         greeting = Event(
             name=SESSION_EVENT,
             data={
@@ -134,7 +137,10 @@ class WebSocketEndpoint:
             await peer.send(greeting)
         except (NotConnectedError, ConnectionClosedError):
             return
-        if not await session.replay(peer):
+        waiting = session.buffered
+        replayed = await session.replay(peer)
+        stats.replayed += max(0, waiting - session.buffered)
+        if not replayed:
             return  # dropped while replaying: the rest stays buffered
         logger.debug("%r connected", session)
         for handler in self.dispatcher.connect_handlers:

@@ -125,6 +125,10 @@ class RedisNode:
         """What a failed Redis call raises (the others are bugs, not outages)."""
         self.connected = False
         """True while this node is subscribed and Redis answers."""
+        self.outages = 0
+        """Times Redis became unreachable (for the metrics)."""
+        self.round_trip: float | None = None
+        """Seconds the latest PING of the keep-alive took (for the metrics)."""
         self._ready = asyncio.Event()
         self.all_channel = self.key("all").encode()
         self._mine = self.channel(self.node_id).encode()
@@ -178,6 +182,7 @@ class RedisNode:
     def _down(self, exc: BaseException) -> None:
         # Logged once per outage; the listener's retries log each attempt.
         if self.connected:
+            self.outages += 1
             logger.error(
                 "Redis backplane at %s lost: %s; serving local clients only", self.url, exc
             )

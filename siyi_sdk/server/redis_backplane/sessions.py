@@ -61,6 +61,10 @@ class RedisSessions(RedisNode, Backplane):
             if not self.connected or self._host is None:
                 continue
             try:
+                # Timed for the metrics (`round_trip`): one PING a keep-alive, nothing else.
+                started = time.perf_counter()
+                await self.redis.ping()
+                self.round_trip = time.perf_counter() - started
                 # Members of `away` whose session expired go (a broadcast prunes them too).
                 await self.scripts.prune(keys=[self.key("away")], args=[self.prefix + ":s:"])
                 await self.scripts.adopt_dead(

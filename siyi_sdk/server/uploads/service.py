@@ -85,6 +85,11 @@ class Uploads(UploadOptions):
         """Where uploads in progress live: ``directory/.partial``."""
         return self._store.partial_directory
 
+    @property
+    def active(self) -> int:
+        """Upload parts being received now."""
+        return len(self._receiver.transports)
+
     def on_upload(self, handler: UploadHandler) -> UploadHandler:
         """Add a handler run after each successful upload; usable as a decorator."""
         self._receiver.handlers.append(handler)
