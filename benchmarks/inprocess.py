@@ -6,8 +6,11 @@ CPU µs per request through the full dispatch path (no middleware: the flat path
 request carrying the ``meta.timeout`` the SDK's clients send (PROTOCOL.md §9); with the
 at-most-once cache replaced by a pass-through (their difference is the cache's cost); with
 one middleware that only passes the call on (the whole chain's machinery); and, with the
-``otel`` extra installed, with `Tracing` installed but no OpenTelemetry SDK configured. Then
-the process RSS as the cache fills to its bound (100,000 remembered Responses).
+``otel`` extra installed: the server as it starts (automatic instrumentation, `instrument`)
+with no OpenTelemetry SDK configured, which must stay within 0.5 µs of the full path; with
+`Tracing` installed by hand and no SDK configured; and with the OpenTelemetry SDK (when
+installed) and an in-memory exporter (a SERVER span recorded per request). Then the process
+RSS as the cache fills to its bound (100,000 remembered Responses).
 """
 
 from __future__ import annotations
@@ -127,7 +130,16 @@ async def main() -> None:
         best = min(runs)
         print(f"{label:28s} {best:6.2f} µs/request")
     if importlib.util.find_spec("opentelemetry") is not None:  # the otel extra
+        from opentelemetry import trace
+
         from siyi_sdk import Tracing
+        from siyi_sdk.instrument import instrument
+
+        server = _server(None)
+        trace.get_tracer_provider()  # what a program that imports OpenTelemetry has
+        instrument(server)  # as at start: nothing is configured, so nothing is installed
+        best = min([await _feed(server, 60_000, f"auto{n}") for n in range(3)])
+        print(f"{'auto-instrumented, no SDK':28s} {best:6.2f} µs/request")
 
         server = _server(None)
         Tracing().install(server)  # no OpenTelemetry SDK configured: the global no-op one
@@ -141,6 +153,28 @@ async def main() -> None:
             f"RSS after {(chunk + 1) * 50_000:,} requests: {_rss_mib()} MiB "
             f"({len(server.response_cache):,} Responses remembered)"
         )
+    if importlib.util.find_spec("opentelemetry.sdk") is not None:
+        await _with_sdk()  # last: the spans it records would weigh on the RSS figures
+
+
+async def _with_sdk() -> None:
+    """The cost per request of a SERVER span recorded by the SDK into an in-memory exporter."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from siyi_sdk import Tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server = _server(None)
+    Tracing(tracer_provider=provider).install(server)
+    runs = []
+    for n in range(3):
+        runs.append(await _feed(server, 60_000, f"sdk{n}"))
+        exporter.clear()  # the spans of one run, not of all three, held at once
+    print(f"{'Tracing, SDK + in-memory':28s} {min(runs):6.2f} µs/request")
 
 
 if __name__ == "__main__":

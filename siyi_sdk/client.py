@@ -8,6 +8,7 @@ from typing import Any
 
 from .adapters.websocket import WebSocketAdapter
 from .calls import DEFAULT_WINDOW
+from .instrument import instrument
 from .packets import Event, Request, Response
 
 __all__ = ["ProtocolClient"]
@@ -43,6 +44,7 @@ class ProtocolClient(WebSocketAdapter):
             OSError, aiohttp.ClientError, asyncio.TimeoutError: without `auto_reconnect`, when
                 the connection cannot be opened.
         """
+        instrument(self)  # Tracing (and Metrics) when OpenTelemetry is configured
         self._closing = False
         runner = asyncio.create_task(self._serve(auto_reconnect=auto_reconnect))
         self._runner = runner

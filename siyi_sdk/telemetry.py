@@ -1,9 +1,11 @@
 """OpenTelemetry traces of siyi calls, as middleware on both sides (`siyi-sdk[otel]`).
 
-``Tracing().install(server)`` on a server and ``Tracing().install(client)`` on a client (a
-`ProtocolClient`, an `HttpAdapter`, an `AdapterManager`, an `Api`) are the one line to add.
-Spans are recorded through the global tracer provider (configure the OpenTelemetry SDK the
-usual way) unless a `TracerProvider` is given.
+Configuring OpenTelemetry the usual way (an SDK's `TracerProvider`, set as the global one before
+the server or client starts) is enough: a server and the SDK's own senders install `Tracing` on
+themselves when they start (`siyi_sdk.instrument`; ``SIYI_TELEMETRY=0`` turns that off). By
+hand, ``Tracing().install(server)`` on a server and ``Tracing().install(client)`` on a client
+(a `ProtocolClient`, an `HttpAdapter`, an `AdapterManager`, an `Api`) is the one line to add,
+and spans go through the global tracer provider unless a `TracerProvider` is given.
 
 What is recorded, on either side:
 
@@ -19,9 +21,13 @@ What is recorded, on either side:
   span is the current one while the handler runs, so that what the handler sends (a request to
   another client, a broadcast) belongs to the same trace.
 
-The protocol's reserved events (``siyi.*``) are not traced. Nothing is installed by itself: a
-middleware takes the server's requests off its flat path (about 20 µs each), so tracing is
-opt-in per server and per client.
+The protocol's reserved events (``siyi.*``) are not traced, nor are a client's streams
+(`ProtocolClient.stream`, `Adapter.stream_packet`): a middleware's ``call_next`` returns one
+Response, and a stream is an iterator its caller drives, so a span around it would need a
+second mechanism beside the chain (a task and a queue between the caller and the stream); the
+server's side of a stream is traced. Nothing is installed while no SDK is configured: a
+middleware takes the server's requests off their flat path (about 20 µs each) even around
+the API's no-op tracer.
 """
 
 from __future__ import annotations
@@ -31,16 +37,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .adapters.base import Adapter
-from .api.client import Api
 from .calls import is_reserved
 from .packets import Response
 from .pipeline import Call, CallNext, CallT, ClientCall
 
 if TYPE_CHECKING:
     from opentelemetry import trace
-
-    from .server.connection import ServerCall
 
 __all__ = ["Tracing"]
 
@@ -87,20 +89,23 @@ class Tracing:
     def install(self, target: Any) -> None:
         """Add the right middleware to `target`: a server, or a client-side sender.
 
-        A client (`ProtocolClient`), an adapter, an `AdapterManager` or an `Api` gets
-        `client_middleware`; anything else with ``use`` (a `ProtocolServer`) gets
-        `server_middleware`. Install it once per chain: on a manager, not also on its
+        A `ProtocolServer` (what has a ``dispatcher``) gets `server_middleware`; a client
+        (`ProtocolClient`), an adapter, an `AdapterManager` or an `Api` gets
+        `client_middleware`. Install it once per chain: on a manager, not also on its
         adapters (each would record its own span of the same call).
         """
-        if isinstance(target, Adapter | Api):
-            target.use(self.client_middleware)
-        else:
+        # Told apart by what they have, not by class: this module sits below the server and
+        # the adapters, which install it by themselves (`siyi_sdk.instrument`).
+        if hasattr(target, "dispatcher"):
             target.use(self.server_middleware)
+        else:
+            target.use(self.client_middleware)
 
-    async def server_middleware(
-        self, call: ServerCall, call_next: CallNext[ServerCall]
-    ) -> Response | None:
-        """The server's middleware (`ProtocolServer.use`): spans for what it handles and sends."""
+    async def server_middleware(self, call: CallT, call_next: CallNext[CallT]) -> Response | None:
+        """The server's middleware (`ProtocolServer.use`): spans for what it handles and sends.
+
+        Typed for any call; the server's chain passes it `ServerCall`s.
+        """
         return await self._traced(call, call_next, self._served)
 
     async def client_middleware(
@@ -130,10 +135,10 @@ class Tracing:
             return answer
 
     @staticmethod
-    def _served(span: trace.Span, call: ServerCall) -> None:
+    def _served(span: trace.Span, call: Call) -> None:
         """What a server knows once a call is through: the transport, whether cached."""
         if call.direction == "in" and call.is_request:
-            span.set_attribute("siyi.cached", call.cached)
+            span.set_attribute("siyi.cached", bool(getattr(call, "cached", False)))
         if call.transport is not None:
             span.set_attribute("siyi.transport", call.transport)
 

@@ -23,6 +23,7 @@ from ..errors import (
     TransportError,
     error_for_response,
 )
+from ..instrument import instrument
 from ..packets import (
     Event,
     Packet,
@@ -134,6 +135,7 @@ class HttpAdapter(Adapter):
 
     async def start(self) -> None:
         """Open the keep-alive session; with RECEIVE, start long-polling."""
+        instrument(self)  # Tracing (and Metrics) when OpenTelemetry is configured
         if self._http is None or self._http.closed:
             self._http = client_session(self.ssl, headers=self.headers)
         if AdapterMode.RECEIVE in self.mode and (self._poller is None or self._poller.done()):

@@ -18,6 +18,7 @@ from tenacity import RetryCallState
 
 from ..calls import DEFAULT_WINDOW, Sink, requested_window
 from ..errors import ConnectionClosedError, NotConnectedError
+from ..instrument import instrument
 from ..packets import TAKEN_OVER, Event, Request, RequestPacket, ResponsePacket
 from ..peer import Peer
 from ..wire import DEFAULT_MAX_MESSAGE_SIZE, FileInfo
@@ -250,6 +251,7 @@ class WebSocketAdapter(Adapter):
         """
         if self._runner is not None and not self._runner.done():
             return
+        instrument(self)  # Tracing (and Metrics) when OpenTelemetry is configured
         self._closing = False
         self._attempted.clear()
         self._runner = asyncio.create_task(self._serve(auto_reconnect=True))

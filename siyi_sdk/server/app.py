@@ -20,6 +20,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from ..instrument import instrument
 from ..outcome import call_event_handler
 from ..packets import Request, Response
 from ..peer import DEFAULT_MAX_OUTBOX_BYTES, DEFAULT_MAX_PENDING_EVENTS
@@ -260,10 +261,18 @@ class ProtocolServer(Registration):
             prefix: a path prefix such as ``"/siyi"`` (``""``: at the root).
         """
         self._serving.attach(app, prefix)
+        app.on_startup.append(self._instrument)
+
+    async def _instrument(self, app: web.Application) -> None:
+        # At the application's startup, not at attach(): OpenTelemetry may be set up between.
+        instrument(self)
 
     def make_app(self) -> web.Application:
         """Build (once) an application serving only this server, at the root."""
-        return self._serving.make_app()
+        app = self._serving.make_app()
+        if self._instrument not in app.on_startup:
+            app.on_startup.append(self._instrument)
+        return app
 
     @property
     def port(self) -> int:
@@ -291,6 +300,7 @@ class ProtocolServer(Registration):
         Raises:
             OSError: the address cannot be bound.
         """
+        instrument(self)  # Tracing (and Metrics) when OpenTelemetry is configured
         await self._serving.start_serving()
 
     async def start(self) -> None:
