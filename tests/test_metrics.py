@@ -23,8 +23,18 @@ from siyi_sdk import CallNext, Connection, ProtocolServer, Request, Response, St
 from siyi_sdk.metrics import UNKNOWN_METHOD, Metrics
 from siyi_sdk.packets import SESSION_HEADER
 from siyi_sdk.server import ServerCall
+from siyi_sdk.server.redis_backplane import RedisBackplane
 
-from .conftest import ClientFactory, ServerFactory, http_url, wait_for, wait_until, ws_url
+from .conftest import (
+    WAIT,
+    ClientFactory,
+    ServerFactory,
+    http_url,
+    wait_for,
+    wait_until,
+    ws_url,
+)
+from .redis_server import RedisServer
 
 N = 3
 """Calls of each command on each transport."""
@@ -333,3 +343,25 @@ async def test_the_in_flight_bound_counts_as_busy(make_server: ServerFactory) ->
         assert recorder.value("siyi.server.busy") == 2
         release.set()
         assert (await wait_for(ws.receive_json()))["code"] == 0
+
+
+async def test_a_redis_backplane_reports_its_round_trip(
+    make_server: ServerFactory, redis_server: RedisServer, redis_prefix: str
+) -> None:
+    recorder = Recorder()
+    backplane = RedisBackplane(redis_server.url, prefix=redis_prefix, node_ttl=0.3)
+    server = await make_server(backplane=backplane)
+    recorder.metrics.install(server)
+    await wait_until(lambda: backplane.round_trip is not None)  # the keep-alive's first PING
+    assert recorder.value("siyi.server.backplane.up") == 1
+    assert 0 < recorder.value("siyi.server.backplane.round_trip") < WAIT
+    assert recorder.value("siyi.server.backplane.outages") == 0
+
+
+async def test_the_memory_backplane_reports_no_backplane_figures(
+    make_server: ServerFactory,
+) -> None:
+    recorder = Recorder()
+    recorder.metrics.install(await make_server())
+    for name in ("up", "round_trip", "outages"):
+        assert list(recorder.points(f"siyi.server.backplane.{name}")) == []
