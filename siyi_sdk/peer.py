@@ -630,10 +630,10 @@ class Peer:
                 self._event_worker = asyncio.create_task(self._drain_events())
 
     def _queue(self, frame: bytes) -> None:
-        """Send `frame`: at once if it is the first of this turn of the loop, else in one
-        write with the others queued after it, when the turn ends (or `_BATCH` are waiting).
+        """Send `frame` now if it is the first of this loop turn, else with the turn's others.
 
-        The first goes at once so that a lone request or answer waits for nothing; a burst
+        The rest of a turn is written in one write when the turn ends (or `_BATCH` wait). The
+        first goes at once so that a lone request or answer waits for nothing; a burst
         (the answers to what one read brought, the requests of many tasks woken together)
         costs two writes, not one per frame.
         """
