@@ -14,6 +14,7 @@ import orjson
 from .._version import __version__
 from ..packets import PROTOCOL_VERSION
 from .call import run_call
+from .conformance import add_conformance_parser
 from .demo import run_demo_command
 from .listen import run_listen
 from .serve import run_serve
@@ -90,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="a scrape of --metrics must send 'Authorization: Bearer KEY' (default: open)",
     )
+    serve.add_argument(
+        "--conformance",
+        action="store_true",
+        help="serve the reference command set of 'siyi conformance' instead of the demo game, "
+        "to two principals (their keys are printed); use a short --heartbeat, e.g. 1",
+    )
+    serve.add_argument(
+        "--conformance-key",
+        dest="conformance_keys",
+        action="append",
+        metavar="KEY",
+        help="with --conformance: a principal's key, given twice (default: two random keys)",
+    )
     serve.set_defaults(run=run_serve, log_level=logging.INFO)
 
     call = commands.add_parser(
@@ -159,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         "loopback port, and narrate what happens. Needs no external service.",
     )
     demo.set_defaults(run=run_demo_command, log_level=logging.INFO)
+
+    add_conformance_parser(commands)
     return parser
 
 

@@ -6,9 +6,11 @@ import argparse
 import ssl
 from typing import Any
 
+from ..conformance.reference import create_reference_server
 from ..demo import create_game_server
 from ..server.redis_backplane import RedisBackplane
 from .common import EXIT_NO_ANSWER, EXIT_OK, emit, tell, until_signal, url_host
+from .conformance import announce_reference, reference_keys
 
 __all__ = ["run_serve", "server_tls"]
 
@@ -84,8 +86,17 @@ async def run_serve(args: argparse.Namespace) -> int:
     if args.metrics is not None:
         extra["metrics_path"] = args.metrics
         extra["metrics_key"] = args.metrics_key
+    if args.conformance:
+        try:
+            extra["keys"] = reference_keys(args.conformance_keys)
+        except ValueError as exc:
+            tell(args, f"--conformance-key: {exc}")
+            return EXIT_NO_ANSWER
+    elif args.conformance_keys:
+        tell(args, "--conformance-key needs --conformance")
+        return EXIT_NO_ANSWER
     try:
-        server = create_game_server(
+        server = (create_reference_server if args.conformance else create_game_server)(
             args.host,
             args.port,
             heartbeat_interval=args.heartbeat if args.heartbeat > 0 else None,
@@ -105,11 +116,14 @@ async def run_serve(args: argparse.Namespace) -> int:
         shared = f", one node of {args.redis}" if args.redis else ""
         ws, http = ("wss", "https") if server.ssl is not None else ("ws", "http")
         emit(
-            f"serving the demo game on {ws}://{base} (and POST {http}://{base}/general)"
+            f"serving {'the conformance reference set' if args.conformance else 'the demo game'}"
+            f" on {ws}://{base} (and POST {http}://{base}/general)"
             f"{shared}; Ctrl+C to stop"
         )
         if args.metrics is not None:
             emit(f"metrics for Prometheus at {http}://{base}{args.metrics}")
+        if args.conformance:
+            announce_reference(f"{http}://{base}", extra["keys"])
         await server.start()  # until stop()
         return EXIT_OK
 
