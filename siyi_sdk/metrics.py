@@ -34,23 +34,24 @@ import logging
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .adapters.base import Adapter
-from .api.client import Api
 from .calls import is_reserved
 from .packets import Response, StatusCode
-from .pipeline import CallNext, ClientCall
+from .pipeline import Call, CallNext, ClientCall
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-    from .server.app import ProtocolServer
-    from .server.connection import ServerCall
-    from .server.stats import StatsSnapshot
-
-__all__ = ["DURATION_BUCKETS", "MAX_UNROUTED_METHODS", "UNKNOWN_METHOD", "Metrics"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "MAX_UNROUTED_METHODS",
+    "UNKNOWN_METHOD",
+    "Metrics",
+    "StatsSnapshot",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,48 @@ _SNAPSHOT_AGE = 1.0
 """Seconds a snapshot taken by the first callback of a collection serves the others."""
 
 
+@dataclass(slots=True)
+class StatsSnapshot:
+    """The server's figures at one moment (see `ServerStats.snapshot`).
+
+    Attributes:
+        websockets: packet WebSockets open now.
+        http_calls: HTTP calls being answered now (``POST /general``, polls of ``/events``).
+        uploads_active: upload parts being received now (HTTP or WebSocket).
+        sessions_attached: sessions with a WebSocket attached.
+        sessions_away: full sessions with none (their packets wait in their buffer).
+        sessions_provisional: sessions opened by a one-off HTTP call, not confirmed yet.
+        packets: ``(transport, direction) -> packets`` since the server was made;
+            transport ``"websocket"`` or ``"http"``, direction ``"receive"`` or
+            ``"transmit"``.
+        bytes: the same keys, bytes (a WebSocket text frame counts its characters).
+        replayed: packets sent from a session's buffer to a peer that came back.
+        dropped: packets dropped from a full session buffer (the oldest go first).
+        busy: requests answered 429 at once because their connection had `max_in_flight`
+            requests running.
+        upload_bytes: bytes written to uploads.
+        backplane_up: whether the shared backplane is reachable (None: none is shared).
+        backplane_round_trip: the latest round trip to it, in seconds (None: not measured).
+        backplane_outages: times it became unreachable.
+    """
+
+    websockets: int
+    http_calls: int
+    uploads_active: int
+    sessions_attached: int
+    sessions_away: int
+    sessions_provisional: int
+    packets: dict[tuple[str, str], int]
+    bytes: dict[tuple[str, str], int]
+    replayed: int
+    dropped: int
+    busy: int
+    upload_bytes: int
+    backplane_up: bool | None
+    backplane_round_trip: float | None
+    backplane_outages: int
+
+
 class Metrics:
     """OpenTelemetry metrics of the servers and clients it is installed on.
 
@@ -118,7 +161,9 @@ class Metrics:
         self._observation = metrics.Observation
         meter = metrics.get_meter("siyi_sdk", __version__, meter_provider=meter_provider)
         self.meter = meter
-        self._servers: weakref.WeakSet[ProtocolServer] = weakref.WeakSet()
+        # The servers installed on (`ProtocolServer`s, held weakly: one that is gone is
+        # reported no more).
+        self._servers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._routes: list[Mapping[str, Any]] = []
         self._unrouted: set[str] = set()
         self._hits = 0
@@ -238,21 +283,19 @@ class Metrics:
         `server_middleware`, and its counters are reported from now on. Install it once
         per chain: on a manager, not also on its adapters.
         """
-        if isinstance(target, Adapter | Api):
+        # Told apart by what they have, not by class, as `Tracing` does: this module sits
+        # below the server and the adapters (a server installs it for its `metrics_path`).
+        dispatcher = getattr(target, "dispatcher", None)
+        if dispatcher is None:
             target.use(self.client_middleware)
             return
         target.use(self.server_middleware)
-        dispatcher = getattr(target, "dispatcher", None)
-        if dispatcher is not None:
-            self._routes.append(dispatcher.routes)
-        if hasattr(target, "lifecycle"):
-            self._servers.add(target)
+        self._routes.append(dispatcher.routes)
+        self._servers.add(target)
 
     # Middleware ------------------------------------------------------------------------------
 
-    async def server_middleware(
-        self, call: ServerCall, call_next: CallNext[ServerCall]
-    ) -> Response | None:
+    async def server_middleware(self, call: Call, call_next: CallNext[Any]) -> Response | None:
         """The server's middleware (`ProtocolServer.use`): times what it handles and sends."""
         if call.is_request:
             incoming = call.direction == "in"
@@ -264,7 +307,7 @@ class Metrics:
                 raise
             self._record(histogram, call, answer, None, server=incoming)
             return answer
-        if call.direction == "out" and call.connection is None:  # a broadcast
+        if call.direction == "out" and getattr(call, "connection", None) is None:  # a broadcast
             try:
                 return await call_next(call)
             finally:
@@ -293,7 +336,7 @@ class Metrics:
     def _record(
         self,
         histogram: Any,
-        call: ServerCall | ClientCall,
+        call: Call,
         answer: Response | None,
         exc: BaseException | None,
         *,

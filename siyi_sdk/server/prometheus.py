@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
-
-if TYPE_CHECKING:
-    from .app import ProtocolServer
 
 __all__ = ["PrometheusEndpoint"]
 
@@ -40,7 +37,8 @@ class PrometheusEndpoint:
     """Serves a server's metrics to Prometheus (see the module docstring).
 
     Args:
-        server: the server whose metrics are served; `Metrics` is installed on it here.
+        server: the `ProtocolServer` whose metrics are served (it makes this endpoint, so
+            this module does not import it); `Metrics` is installed on it here.
         key: when set, a scrape must carry ``Authorization: Bearer <key>`` (else 401).
 
     Raises:
@@ -51,7 +49,7 @@ class PrometheusEndpoint:
         meter_provider: the OpenTelemetry SDK `MeterProvider` the server's `Metrics` uses.
     """
 
-    def __init__(self, server: ProtocolServer, key: str | None = None) -> None:
+    def __init__(self, server: Any, key: str | None = None) -> None:
         try:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
             from opentelemetry.sdk.metrics import MeterProvider

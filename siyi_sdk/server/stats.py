@@ -14,63 +14,20 @@ whose callbacks run when a reader collects, so no OpenTelemetry call is made per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..metrics import StatsSnapshot
 from ..peer import FRAME_UNIT
 
 if TYPE_CHECKING:
     from ..peer import Peer
-    from .app import ProtocolServer
 
-__all__ = ["ServerStats", "StatsSnapshot", "split_frames"]
+__all__ = ["ServerStats", "split_frames"]
 
 
 def split_frames(count: int) -> tuple[int, int]:
     """``(frames, bytes)`` of a `Peer` counter (frames times `FRAME_UNIT`, plus bytes)."""
     return divmod(count, FRAME_UNIT)
-
-
-@dataclass(slots=True)
-class StatsSnapshot:
-    """The server's figures at one moment (see `ServerStats.snapshot`).
-
-    Attributes:
-        websockets: packet WebSockets open now.
-        http_calls: HTTP calls being answered now (``POST /general``, polls of ``/events``).
-        uploads_active: upload parts being received now (HTTP or WebSocket).
-        sessions_attached: sessions with a WebSocket attached.
-        sessions_away: full sessions with none (their packets wait in their buffer).
-        sessions_provisional: sessions opened by a one-off HTTP call, not confirmed yet.
-        packets: ``(transport, direction) -> packets`` since the server was made;
-            transport ``"websocket"`` or ``"http"``, direction ``"receive"`` or
-            ``"transmit"``.
-        bytes: the same keys, bytes (a WebSocket text frame counts its characters).
-        replayed: packets sent from a session's buffer to a peer that came back.
-        dropped: packets dropped from a full session buffer (the oldest go first).
-        busy: requests answered 429 at once because their connection had `max_in_flight`
-            requests running.
-        upload_bytes: bytes written to uploads.
-        backplane_up: whether the shared backplane is reachable (None: none is shared).
-        backplane_round_trip: the latest round trip to it, in seconds (None: not measured).
-        backplane_outages: times it became unreachable.
-    """
-
-    websockets: int
-    http_calls: int
-    uploads_active: int
-    sessions_attached: int
-    sessions_away: int
-    sessions_provisional: int
-    packets: dict[tuple[str, str], int]
-    bytes: dict[tuple[str, str], int]
-    replayed: int
-    dropped: int
-    busy: int
-    upload_bytes: int
-    backplane_up: bool | None
-    backplane_round_trip: float | None
-    backplane_outages: int
 
 
 class ServerStats:
@@ -116,8 +73,11 @@ class ServerStats:
         self._closed_sent += peer.sent
         self._closed_busy += peer.busy
 
-    def snapshot(self, server: ProtocolServer) -> StatsSnapshot:
+    def snapshot(self, server: Any) -> StatsSnapshot:
         """The figures of `server` now: these counters plus what the server's parts hold.
+
+        `server` is the `ProtocolServer` whose ``lifecycle.stats`` this is (typed loosely:
+        this module sits below the server's other parts, which all add to it).
 
         One pass over the open WebSockets and one over the sessions (a few milliseconds for
         ten thousand); safe to call from another thread (the values may then be off by
