@@ -14,8 +14,10 @@ import orjson
 from .._version import __version__
 from ..packets import PROTOCOL_VERSION
 from .call import run_call
+from .codegen import add_codegen_parser
 from .conformance import add_conformance_parser
 from .demo import run_demo_command
+from .describe import add_describe_parser
 from .listen import run_listen
 from .serve import run_serve
 from .upload import run_upload
@@ -175,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=run_demo_command, log_level=logging.INFO)
 
     add_conformance_parser(commands)
+    add_describe_parser(commands, _add_connection_options)
+    add_codegen_parser(commands, _add_connection_options)
     return parser
 
 

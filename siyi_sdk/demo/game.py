@@ -139,6 +139,10 @@ def create_game_server(
     """
     game = GameState() if state is None else state
     server = ProtocolServer(host, port, **server_kwargs)
+    # What the game sends its clients, so that /about and /asyncapi.json list both directions.
+    server.declare_event(PlayerJoined)
+    server.declare_event(PlayerUpdatedNotification)
+    server.declare_command(GetStatus)
 
     @server.command(Echo)
     async def echo(connection: Connection, params: Echo) -> dict[str, Any]:

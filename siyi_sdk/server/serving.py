@@ -14,6 +14,7 @@ from ssl import SSLContext
 
 from aiohttp import web
 
+from .asyncapi import ASYNCAPI_PATH, AsyncApiEndpoint
 from .backplane import Backplane
 from .http_endpoints import HttpEndpoints
 from .lifecycle import Lifecycle, ServerSettings
@@ -79,6 +80,8 @@ class Serving:
         app.router.add_post(prefix + settings.general_path, self._http.general)
         self._websocket.general_path = prefix + settings.general_path
         app.router.add_get(prefix + settings.about_path, self._http.about)
+        asyncapi = AsyncApiEndpoint(settings, self._http.gate, self._http.dispatcher, prefix)
+        app.router.add_get(prefix + ASYNCAPI_PATH, asyncapi.handle)
         app.router.add_get(prefix + settings.events_path, self._http.events)
         for path, handler in self.extra_routes:
             app.router.add_get(prefix + path, handler)
