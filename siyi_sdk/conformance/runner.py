@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .cases import REFERENCE_COMMANDS as _REFERENCE  # noqa: F401  (importing it registers the cases)
+from .cases import REFERENCE_COMMANDS as _REFERENCE  # noqa: F401  (registers the cases)
 from .probe import CaseFailedError, CaseSkippedError, Target
 from .registry import CASES, Case
 
