@@ -153,6 +153,13 @@ class Chain(Generic[CallT]):
         self._middlewares = (*self._middlewares, middleware)
         return middleware
 
+    def remove(self, middleware: Middleware[CallT]) -> None:
+        """Take a middleware added with `add` out of the chain (no-op if it is not in it).
+
+        Calls already inside it finish through it; calls that start later do not see it.
+        """
+        self._middlewares = tuple(m for m in self._middlewares if m is not middleware)
+
     async def run(
         self, call: CallT, terminal: Callable[[CallT], Awaitable[Response | None]]
     ) -> Response | None:
