@@ -64,6 +64,8 @@ class Trace:
         self.entries: deque[dict[str, Any]] = deque(maxlen=limit)
         self.sequence = 0
         """Entries recorded since the trace started (the page asks for those past its own)."""
+        # One bound method, kept: the chain takes out the very object it was given.
+        self._hook = self._middleware
 
     @property
     def on(self) -> bool:
@@ -73,7 +75,7 @@ class Trace:
     def start(self, session: Connection, bodies: bool) -> None:
         """Trace `session` from now on (ending the trace of any other)."""
         if self.session is None:
-            self.dispatcher.chain.add(self._middleware)
+            self.dispatcher.chain.add(self._hook)
         self.session = session
         self.tag = session.log_session
         self.bodies = bodies
@@ -83,7 +85,7 @@ class Trace:
     def stop(self) -> None:
         """End the trace: the middleware leaves the chain, the flat path is back."""
         if self.session is not None:
-            self.dispatcher.chain.remove(self._middleware)
+            self.dispatcher.chain.remove(self._hook)
         self.session = None
         self.tag = ""
 
