@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from typing import Any, Final, NamedTuple
 
 from .errors import ConnectionClosedError, NotConnectedError
+from .logs import SessionTagged, call_extra
 from .outcome import failure
 from .packets import Event, Request, Response, StatusCode, encode_event, encode_ok, new_id
 
@@ -225,14 +226,15 @@ async def answer_stream(
     start: Callable[[], Any],
     sink: Sink | None,
     max_size: int | None,
+    session: SessionTagged | None = None,
 ) -> Response:
     """The answer of a streaming handler, on either side (§10); never raises.
 
     `start()` calls the handler: its async iterator of items (or a Response answering at
     once, such as a 400 for params that do not fit). The items go to `sink` as chunks when
     the request asked for a stream, else they are answered as one array (`collect`). What
-    the handler raises ends the stream with its error (`outcome.failure`); a sink whose
-    connection dropped ends it with 499.
+    the handler raises ends the stream with its error (`outcome.failure`, logged with
+    `session`'s hashed key); a sink whose connection dropped ends it with 499.
     """
     try:
         items = start()
@@ -243,11 +245,16 @@ async def answer_stream(
         try:
             return await runs.pump(request, items, sink.send, sink.window)
         except (NotConnectedError, ConnectionClosedError):
+            logger.debug(
+                "the stream answering %r ended: its connection dropped",
+                request.command,
+                extra=call_extra(request, session),
+            )
             return Response.fail(
                 request.id, "cancelled: the stream's connection dropped", StatusCode.CANCELLED
             )
     except Exception as exc:
-        return failure(request, exc)
+        return failure(request, exc, session)
 
 
 class _Run:
@@ -285,7 +292,11 @@ class Runs:
         self._runs: dict[str, _Run] = {}
 
     async def run(
-        self, request: Request, answer: Awaitable[Response], limit: float | None
+        self,
+        request: Request,
+        answer: Awaitable[Response],
+        limit: float | None,
+        session: SessionTagged | None = None,
     ) -> Response:
         """Await `answer` (the handler's run) under the request's deadline, cancellable.
 
@@ -294,6 +305,7 @@ class Runs:
         the request (`cancel`) cancels it and answers 499. Inside, `remaining()` is what is
         left, so requests the handler sends carry no more than that. Both are one timer
         handle and a flag, not an `asyncio.timeout` scope: this is on every request's path.
+        Both ends are logged, with `session`'s hashed key (`logs.call_extra`).
         """
         sent = requested_timeout(request)
         timeout = limit if sent is None else sent if limit is None else min(limit, sent)
@@ -316,11 +328,24 @@ class Runs:
             if reason is None or task is None or task.uncancel() > 0:
                 raise
             if reason == StatusCode.TIMEOUT:
+                # A handler that outlives its deadline is the operator's business: INFO.
+                logger.info(
+                    "the handler for %r ran past its deadline of %g s: answered 408",
+                    request.command,
+                    timeout,
+                    extra=call_extra(request, session),
+                )
                 return Response.fail(
                     rid,
                     f"timeout: {request.command!r} ran past its deadline of {timeout:g} s",
                     StatusCode.TIMEOUT,
                 )
+            # The sender's choice, not a fault here: DEBUG.
+            logger.debug(
+                "the sender withdrew %r: answered 499",
+                request.command,
+                extra=call_extra(request, session),
+            )
             return Response.fail(rid, CANCELLED_MESSAGE, StatusCode.CANCELLED)
         finally:
             if timer is not None:
@@ -347,7 +372,9 @@ class Runs:
         data = event.data
         rid = data.get("id") if isinstance(data, dict) else None
         if type(rid) is not str:
-            logger.debug("ignored %s without a request id: %r", event.name, data)
+            logger.debug(
+                "ignored %s without a request id: %r", event.name, data, extra=call_extra(event)
+            )
             return
         if event.name == CANCEL_EVENT:
             self.cancel(rid)
@@ -357,7 +384,9 @@ class Runs:
             if type(seq) is int:
                 self.ack(rid, seq)
         else:
-            logger.debug("ignored the reserved event %r", event.name)
+            logger.debug(
+                "ignored the reserved event %r", event.name, extra=call_extra(event, request_id=rid)
+            )
 
     async def pump(
         self,
@@ -419,7 +448,12 @@ class Inbox:
     def put(self, data: Any) -> None:
         """Take the data of one ``siyi.chunk`` event (out-of-order or repeated ones dropped)."""
         if not isinstance(data, dict) or data.get("seq") != self.next_seq:
-            logger.debug("dropped a chunk out of order: %r", data)
+            rid = data.get("id") if isinstance(data, dict) else None
+            logger.debug(
+                "dropped a chunk out of order: %r",
+                data,
+                extra=call_extra(request_id=rid if type(rid) is str else None),
+            )
             return
         self.next_seq += 1
         self.items.append(data.get("data"))

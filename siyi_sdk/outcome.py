@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from .errors import ApiError
+from .logs import SessionTagged, call_extra
 from .packets import Request, Response, StatusCode, encode, encode_ok
 
 __all__ = [
@@ -33,15 +34,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def failure(request: Request, exc: Exception) -> Response:
+def failure(request: Request, exc: Exception, session: SessionTagged | None = None) -> Response:
     """The Response for a handler (or middleware) that raised `exc` while answering `request`.
 
     An `ApiError` becomes an error Response with its code (`FAILED` without one); anything
-    else is a programming error: a 500 to the peer, without a traceback, and a logged one here.
+    else is a programming error: a 500 to the peer, without a traceback, and a logged one here
+    (with `session`'s hashed key, when given: `logs.call_extra`).
     """
     if isinstance(exc, ApiError):
         return Response.fail(request.id, exc.message, exc.code or StatusCode.FAILED)
-    logger.error("handler for %r raised", request.command, exc_info=exc)
+    logger.error(
+        "handler for %r raised", request.command, exc_info=exc, extra=call_extra(request, session)
+    )
     return Response.fail(
         request.id,
         f"internal error: the handler for {request.command!r} raised an exception",
@@ -50,7 +54,10 @@ def failure(request: Request, exc: Exception) -> Response:
 
 
 async def call_request_handler(
-    handler: Callable[..., Any], args: tuple[Any, ...], request: Request
+    handler: Callable[..., Any],
+    args: tuple[Any, ...],
+    request: Request,
+    session: SessionTagged | None = None,
 ) -> Response:
     """Run a request handler and turn whatever happens into a Response.
 
@@ -61,6 +68,7 @@ async def call_request_handler(
         handler: the user's handler.
         args: the arguments to call it with.
         request: the Request being answered.
+        session: the session it came from, for the log line of a failure.
 
     Returns:
         The Response to send, with the request's id.
@@ -70,21 +78,28 @@ async def call_request_handler(
         if inspect.isawaitable(result):
             result = await result
     except Exception as exc:
-        return failure(request, exc)
-    return answer_to(request, result, "the handler")
+        return failure(request, exc, session)
+    return answer_to(request, result, "the handler", session)
 
 
-def answer_to(request: Request, result: object, source: str) -> Response:
+def answer_to(
+    request: Request, result: object, source: str, session: SessionTagged | None = None
+) -> Response:
     """`result` as the answer to `request`: its id set, or a 500 when it is no Response.
 
     Args:
         request: the Request answered.
         result: what `source` (a handler, a middleware) answered with.
         source: how the log and the 500's message name what answered.
+        session: the session `request` came from, for the log line.
     """
     if not isinstance(result, Response):
         logger.error(
-            "%s for %r returned %s, not a Response", source, request.command, type(result).__name__
+            "%s for %r returned %s, not a Response",
+            source,
+            request.command,
+            type(result).__name__,
+            extra=call_extra(request, session),
         )
         return Response.fail(
             request.id,
@@ -97,18 +112,42 @@ def answer_to(request: Request, result: object, source: str) -> Response:
     return result
 
 
-async def call_event_handler(handler: Callable[..., Any], args: tuple[Any, ...], name: str) -> None:
-    """Run an event handler (sync or async); an exception is logged, never propagated."""
+async def call_event_handler(
+    handler: Callable[..., Any],
+    args: tuple[Any, ...],
+    name: str,
+    session: SessionTagged | None = None,
+    event_id: str | None = None,
+) -> None:
+    """Run an event handler (sync or async); an exception is logged, never propagated.
+
+    Args:
+        handler: the user's handler (or a connect, disconnect, session-end one).
+        args: the arguments to call it with.
+        name: the event's name (or ``"connect"``...), for the log line.
+        session: the session it concerns, for the log line.
+        event_id: the event's id, for the log line.
+    """
     try:
         result = handler(*args)
         if inspect.isawaitable(result):
             await result
     except Exception:
-        logger.exception("handler for event %r raised", name)
+        logger.exception(
+            "handler for event %r raised",
+            name,
+            extra=call_extra(session=session, event=name, event_id=event_id),
+        )
 
 
-def _not_serialisable(request_id: str | None) -> bytes:
-    logger.exception("the result for request %r is not JSON-serialisable", request_id)
+def _not_serialisable(
+    request_id: str | None, request: Request | None = None, session: SessionTagged | None = None
+) -> bytes:
+    logger.exception(
+        "the result for request %r is not JSON-serialisable",
+        request_id,
+        extra=call_extra(request, session, request_id=request_id),
+    )
     return encode(
         Response.fail(
             request_id,
@@ -126,18 +165,23 @@ def encode_response(response: Response) -> bytes:
         return _not_serialisable(response.id)
 
 
-def encode_result(request: Request, result: object) -> bytes:
+def encode_result(request: Request, result: object, session: SessionTagged | None = None) -> bytes:
     """The frame answering `request` with a command handler's `result`.
 
     A Response is sent as it is (with the request's id); anything else is the data of an ok
-    answer, encoded without building a Response. Data that is not JSON-serialisable is a 500.
+    answer, encoded without building a Response. Data that is not JSON-serialisable is a 500
+    (logged, with `session`'s hashed key when given).
     """
     if isinstance(result, Response):
-        return encode_response(answer_to(request, result, "the handler"))
+        response = answer_to(request, result, "the handler", session)
+        try:
+            return encode(response)
+        except TypeError:
+            return _not_serialisable(response.id, request, session)
     try:
         return encode_ok(request.id, result)
     except TypeError:
-        return _not_serialisable(request.id)
+        return _not_serialisable(request.id, request, session)
 
 
 def start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:

@@ -29,6 +29,7 @@ from ..errors import (
     TransportError,
     error_for_response,
 )
+from ..logs import call_extra, session_tag
 from ..outcome import call_event_handler, call_request_handler
 from ..packets import (
     PROTOCOL_VERSION,
@@ -81,6 +82,18 @@ class SessionRef:
         self.key: str | None = None
         self.runs = Runs()
         """The server's requests this client is answering: their deadlines, cancels, acks."""
+        self._tagged: tuple[str, str] | None = None  # (key, its tag), made on first use
+
+    @property
+    def log_session(self) -> str | None:
+        """The key as logs show it (`logs.session_tag`), made once per key; None before one."""
+        key = self.key
+        if key is None:
+            return None
+        tagged = self._tagged
+        if tagged is None or tagged[0] is not key:
+            tagged = self._tagged = (key, session_tag(key))
+        return tagged[1]
 
     def header(self) -> dict[str, str]:
         """The header that presents the key (``X-Siyi-Session``); empty before there is one."""
@@ -94,7 +107,11 @@ class SessionRef:
         """Adopt the key the server returned (a new one when the old session had ended)."""
         if key and key != self.key:
             if self.key is not None:
-                logger.info("%s: the server opened a new session (the old one had ended)", source)
+                logger.info(
+                    "%s: the server opened a new session (the old one had ended)",
+                    source,
+                    extra=call_extra(session=self),
+                )
             self.key = key
 
 
@@ -347,7 +364,10 @@ class Adapter(ABC):
         if not chain:
             return await self._deliver_request(request)
         return await call_request_handler(
-            chain.run, (incoming_call(self, request), self._deliver_request_call), request
+            chain.run,
+            (incoming_call(self, request), self._deliver_request_call),
+            request,
+            self.session,
         )
 
     async def handle_event(self, event: Event) -> None:
@@ -366,7 +386,11 @@ class Adapter(ABC):
             await self._deliver_event(event)
             return
         await call_event_handler(
-            chain.run, (incoming_call(self, event), self._deliver_event_call), event.name
+            chain.run,
+            (incoming_call(self, event), self._deliver_event_call),
+            event.name,
+            self.session,
+            event.id,
         )
 
     async def _deliver_request_call(self, call: ClientCall) -> Response:
@@ -394,10 +418,10 @@ class Adapter(ABC):
             if inspect.isasyncgenfunction(handler):
                 start = functools.partial(handler, request)
                 sink = self.chunk_sink(request)
-                answer = answer_stream(self.session.runs, request, start, sink, None)
+                answer = answer_stream(self.session.runs, request, start, sink, None, self.session)
             else:
-                answer = call_request_handler(handler, (request,), request)
-            return await self.session.runs.run(request, answer, None)
+                answer = call_request_handler(handler, (request,), request, self.session)
+            return await self.session.runs.run(request, answer, None, self.session)
         parent = self._parent
         if parent is None:
             return Response.fail(
@@ -410,11 +434,16 @@ class Adapter(ABC):
     async def _deliver_event(self, event: Event) -> None:
         if self._event_handlers:
             for handler in self._event_handlers:
-                await call_event_handler(handler, (event,), event.name)
+                await call_event_handler(handler, (event,), event.name, self.session, event.id)
             return
         parent = self._parent
         if parent is None:
-            logger.debug("%s: no handler for event %r", self.name, event.name)
+            logger.debug(
+                "%s: no handler for event %r",
+                self.name,
+                event.name,
+                extra=call_extra(event, self.session),
+            )
         elif not parent._middleware:
             await parent.handle_event(event)
         else:

@@ -24,6 +24,7 @@ from ..errors import (
     error_for_response,
 )
 from ..instrument import instrument
+from ..logs import call_extra
 from ..packets import (
     Event,
     Packet,
@@ -409,7 +410,18 @@ class HttpAdapter(Adapter):
                 try:
                     packet = parse_object(raw)
                 except ProtocolError as exc:
-                    logger.warning("%s: a polled packet is invalid: %s", self.name, exc)
+                    rid, kind = exc.packet_id, exc.packet_type
+                    logger.warning(
+                        "%s: a polled packet is invalid: %s",
+                        self.name,
+                        exc,
+                        extra=call_extra(
+                            session=self.session,
+                            transport="http",
+                            request_id=rid if kind in ("request", "response") else None,
+                            event_id=rid if kind == "event" else None,
+                        ),
+                    )
                     if exc.packet_id is not None:
                         after = exc.packet_id  # acknowledged: it must not come back forever
                     continue
@@ -427,4 +439,10 @@ class HttpAdapter(Adapter):
         try:
             await self._post(response, self.request_timeout)
         except (TransportError, RequestTimeoutError) as exc:
-            logger.warning("%s: the answer to %r was lost: %s", self.name, request.command, exc)
+            logger.warning(
+                "%s: the answer to %r was lost: %s",
+                self.name,
+                request.command,
+                exc,
+                extra=call_extra(request, self.session, "http"),
+            )

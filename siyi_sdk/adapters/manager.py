@@ -14,6 +14,7 @@ import aiohttp
 from ..calls import DEFAULT_WINDOW, aclose, within
 from ..errors import AllAdaptersFailedError, RequestTimeoutError, TransportError
 from ..instrument import instrument
+from ..logs import call_extra
 from ..packets import Event, Request, RequestPacket, ResponsePacket
 from ..pipeline import ClientCall
 from ..wire import FileInfo
@@ -273,7 +274,9 @@ class AdapterManager(Adapter):
         """
         seen = self._seen_events
         if event.id in seen:
-            logger.debug("dropping a duplicate of event %r", event.id)
+            logger.debug(
+                "dropping a duplicate of event %r", event.id, extra=call_extra(event, self.session)
+            )
             return
         seen[event.id] = None
         if len(seen) > self._dedupe_window:

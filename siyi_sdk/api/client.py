@@ -14,6 +14,7 @@ from ..adapters.base import Adapter
 from ..adapters.upload_source import UploadProgress, UploadSource
 from ..calls import DEFAULT_WINDOW, aclose, within
 from ..errors import InvalidResultError, RequestTimeoutError, error_for_response
+from ..logs import call_extra
 from ..packets import Event, Request, Response, format_validation_error
 from ..pipeline import ClientCall, Middleware
 from ..wire import FileInfo
@@ -260,6 +261,7 @@ class Api:
                     event.name,
                     model.__name__,
                     format_validation_error(exc),
+                    extra=call_extra(event),
                 )
                 continue
             result = handler(payload)

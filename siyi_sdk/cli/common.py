@@ -15,6 +15,7 @@ import aiohttp
 
 from ..client import ProtocolClient
 from ..errors import CertificateError, TransportError
+from ..logs import JsonFormatter
 
 __all__ = [
     "EXIT_ERROR_RESPONSE",
@@ -52,17 +53,34 @@ T = TypeVar("T")
 def configure_logging(args: argparse.Namespace) -> None:
     """Log to stderr at the subcommand's level, moved by ``-v`` (repeatable) and ``-q``.
 
+    ``--log-level`` (``serve``), when given, is the level itself. With ``--log-format json``
+    (``serve``) each line is one JSON object (`logs.JsonFormatter`), warnings included.
+
     Args:
-        args: the parsed arguments (``log_level``, ``verbose``, ``quiet``).
+        args: the parsed arguments (``log_level``, ``verbose``, ``quiet``; ``log_format``
+            and ``log_level_option`` where the subcommand has them).
     """
+    explicit: int | None = getattr(args, "log_level_option", None)
     default: int = args.log_level
-    level = logging.WARNING if args.quiet else max(logging.DEBUG, default - 10 * args.verbose)
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    if explicit is not None:
+        level = explicit
+    elif args.quiet:
+        level = logging.WARNING
+    else:
+        level = max(logging.DEBUG, default - 10 * args.verbose)
+    handler = logging.StreamHandler(sys.stderr)
+    if _json_logs(args):
+        handler.setFormatter(JsonFormatter())
+        logging.captureWarnings(True)  # a warning's text would be a line of no JSON
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def _json_logs(args: argparse.Namespace) -> bool:
+    return getattr(args, "log_format", "text") == "json"
 
 
 def emit(line: str) -> None:
@@ -78,11 +96,18 @@ def emit(line: str) -> None:
 def tell(args: argparse.Namespace, message: str) -> None:
     """Say something on stderr, prefixed with the subcommand (stdout is for results).
 
+    With ``--log-format json`` it is an ERROR record as one JSON object, like every other
+    line on stderr, whatever the log level.
+
     Args:
         args: the parsed arguments (``command`` names the subcommand).
         message: what to say.
     """
-    sys.stderr.write(f"siyi {args.command}: {message}\n")
+    line = f"siyi {args.command}: {message}"
+    if _json_logs(args):
+        record = logging.LogRecord("siyi_sdk.cli", logging.ERROR, __file__, 0, line, None, None)
+        line = JsonFormatter().format(record)
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
 

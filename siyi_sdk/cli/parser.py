@@ -94,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a scrape of --metrics must send 'Authorization: Bearer KEY' (default: open)",
     )
     serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="how stderr's log lines look: text, or one JSON object per line with the "
+        "siyi_* keys of the call each is about (text)",
+    )
+    serve.add_argument(
+        "--log-level",
+        dest="log_level_option",
+        type=_log_level,
+        metavar="LEVEL",
+        help="debug, info, warning or error (default: info, moved by -v and -q)",
+    )
+    serve.add_argument(
         "--conformance",
         action="store_true",
         help="serve the reference command set of 'siyi conformance' instead of the demo game, "
@@ -203,6 +217,22 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         help="verify a wss:// or https:// server against the CA certificates in this PEM file "
         "instead of the system's (e.g. your own CA)",
     )
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _log_level(text: str) -> int:
+    """The level of ``--log-level``: a name, in any case."""
+    level = _LEVELS.get(text.lower())
+    if level is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: use one of {', '.join(_LEVELS)}")
+    return level
 
 
 def _json_object(text: str) -> dict[str, Any]:

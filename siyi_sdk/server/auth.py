@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, TypeAlias
 from aiohttp import web
 
 from ..errors import BackplaneUnavailableError
+from ..logs import call_extra
 from ..packets import SESSION_HEADER, StatusCode
 from .answers import refusal
 from .backplane import Backplane
@@ -158,6 +159,7 @@ class Gate:
             logger.warning(
                 "refused a session key presented with other credentials (from %s)",
                 remote_address(request),
+                extra=call_extra(session=session),
             )
             return refusal(
                 403, StatusCode.FORBIDDEN, "forbidden: this session belongs to another principal"

@@ -21,6 +21,7 @@ from ..errors import (
     RequestTimeoutError,
     error_for_response,
 )
+from ..logs import session_tag
 from ..packets import Event, Request, Response, encode, kept
 from ..pipeline import Call, Chain, Direction
 from .mailbox import Mailbox
@@ -116,6 +117,18 @@ class Connection(Mailbox):
     def __repr__(self) -> str:
         state = "ended" if self.ended else ("attached" if self.is_connected else "detached")
         return f"<Connection #{self.id} {self.transport} {self.remote_address} {state}>"
+
+    # A class attribute until the first log line that needs it: a connection never logged
+    # about holds no tag (thousands are idle).
+    _log_session: str | None = None
+
+    @property
+    def log_session(self) -> str:
+        """The session key as logs show it (`logs.session_tag`): made once, when first asked."""
+        tag = self._log_session
+        if tag is None:
+            tag = self._log_session = session_tag(self.session)
+        return tag
 
     @property
     def is_connected(self) -> bool:

@@ -15,12 +15,13 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 from pydantic import ValidationError
 
 from ..api.command import Command, EventModel
 from ..calls import Sink, answer_stream, is_reserved, requested_window
+from ..logs import call_extra
 from ..outcome import (
     answer_to,
     call_event_handler,
@@ -37,6 +38,7 @@ from .routing import Route
 from .state import ResponseCache
 
 __all__ = [
+    "CallObserver",
     "ConnectionHandler",
     "Dispatcher",
     "ServerEventHandler",
@@ -59,6 +61,21 @@ Transport: TypeAlias = Literal["websocket", "http"]
 
 _DATA = frozenset({dict, list, str, int, float, bool, type(None)})
 """Result types that are never awaitable: the flat path skips `inspect.isawaitable` for them."""
+
+
+class CallObserver(Protocol):
+    """What counts the requests and events a dispatcher answers (the dashboard's recorder).
+
+    Attributes:
+        events: events received (the dispatcher adds one per event it delivers).
+    """
+
+    events: int
+
+    def answer(
+        self, dispatcher: Dispatcher, connection: Connection, request: Request, transport: Transport
+    ) -> bytes | Awaitable[bytes]:
+        """Answer `request` through ``dispatcher.answer(..., recorded=True)``, counted."""
 
 
 class _TypedEvent:
@@ -98,6 +115,8 @@ class Dispatcher:
         """Events the server declared it sends (name -> model), for `/about`."""
         self.sends_commands: dict[str, type[Command[Any]] | None] = {}
         """Commands the server declared it sends to its clients, for `/about`."""
+        self.calls: CallObserver | None = None
+        """What counts each request and event while the dashboard is on (None: nothing)."""
 
     # Registration ------------------------------------------------------------------------------
 
@@ -137,7 +156,19 @@ class Dispatcher:
         def terminal(call: ServerCall) -> Awaitable[Response]:
             return self._once(connection, request, call, sink)
 
-        return answer_to(request, await self.chain.run(call, terminal), "a middleware")
+        answered = await self.chain.run(call, terminal)
+        answer = answer_to(request, answered, "a middleware", connection)
+        if call.duration is None and answer.status != "ok" and logger.isEnabledFor(logging.DEBUG):
+            # A middleware refused it by itself (a 403, a 429): nothing else logs that. A flood
+            # of refusals (a rate limit at work) must stay cheap: DEBUG, tested first.
+            logger.debug(
+                "a middleware refused %r: %d %s",
+                request.command,
+                answer.code,
+                answer.error,
+                extra=call_extra(request, connection, transport),
+            )
+        return answer
 
     def streams(self, request: Request) -> bool:
         """True when `request`'s command has a streaming handler (an async generator)."""
@@ -145,7 +176,11 @@ class Dispatcher:
         return route is not None and route.stream
 
     def answer(
-        self, connection: Connection, request: Request, transport: Transport
+        self,
+        connection: Connection,
+        request: Request,
+        transport: Transport,
+        recorded: bool = False,
     ) -> bytes | Awaitable[bytes]:
         """`handle_frame`, answered at once when nothing on the request's path must wait.
 
@@ -156,7 +191,12 @@ class Dispatcher:
         own, as in a task. Anything else returns `handle_frame`'s coroutine, for a task; a
         streaming command asked for a stream (``meta.window``) sends its chunks on the
         connection's WebSocket.
+
+        While the dashboard is on, `calls` times and counts the request and calls this back
+        with `recorded` True; while it is off that is one test per request.
         """
+        if self.calls is not None and not recorded:
+            return self.calls.answer(self, connection, request, transport)
         route = self.routes.get(request.command)
         if route is not None:
             if route.plain and not self.chain and not self.lifecycle.stopping:
@@ -180,12 +220,12 @@ class Dispatcher:
         try:
             result = contextvars.copy_context().run(route.invoke, connection, request)
         except Exception as exc:
-            return encode_response(failure(request, exc))
+            return encode_response(failure(request, exc, connection))
         if type(result) not in _DATA and inspect.isawaitable(result):
             # A plain function that returned an awaitable (a lambda around a coroutine).
-            finish = call_request_handler(route.finish, (request, result), request)
+            finish = call_request_handler(route.finish, (request, result), request, connection)
             return self._within_deadline(connection, request, finish)
-        return encode_result(request, result)
+        return encode_result(request, result, connection)
 
     async def handle_frame(
         self,
@@ -248,20 +288,22 @@ class Dispatcher:
                 return Response.fail(
                     request.id, f"unknown command: {request.command!r}", StatusCode.UNKNOWN_COMMAND
                 )
-            answer = call_request_handler(handler, (connection, request), request)
+            answer = call_request_handler(handler, (connection, request), request, connection)
         return await self._within_deadline(connection, request, answer)
 
     def _within_deadline(
         self, connection: Connection, request: Request, answer: Awaitable[Response]
     ) -> Awaitable[Response]:
-        return connection.runs.run(request, answer, self.settings.handler_timeout)
+        return connection.runs.run(request, answer, self.settings.handler_timeout, connection)
 
     def _stream(
         self, route: Route, connection: Connection, request: Request, sink: Sink | None
     ) -> Awaitable[Response]:
         """A streaming command: its items to `sink` as chunks, else as one array (§10)."""
         start = functools.partial(route.invoke, connection, request)
-        return answer_stream(connection.runs, request, start, sink, self.settings.max_message_size)
+        return answer_stream(
+            connection.runs, request, start, sink, self.settings.max_message_size, connection
+        )
 
     # Events ----------------------------------------------------------------------------------
 
@@ -274,6 +316,8 @@ class Dispatcher:
         if is_reserved(event.name):
             connection.runs.control(event)
             return
+        if self.calls is not None:
+            self.calls.events += 1
         if not self.chain:
             await self._deliver(connection, event)
             return
@@ -296,12 +340,15 @@ class Dispatcher:
                     event.name,
                     typed.model.__name__,
                     format_validation_error(exc),
+                    extra=call_extra(event, connection),
                 )
             else:
                 for typed_handler in typed.handlers:
-                    await call_event_handler(typed_handler, (connection, model), event.name)
+                    await call_event_handler(
+                        typed_handler, (connection, model), event.name, connection, event.id
+                    )
         for handler in self.event_handlers:
-            await call_event_handler(handler, (connection, event), event.name)
+            await call_event_handler(handler, (connection, event), event.name, connection, event.id)
 
     # Outgoing --------------------------------------------------------------------------------
 

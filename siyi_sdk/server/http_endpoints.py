@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from .._version import __version__
 from ..calls import Sink
 from ..errors import BackplaneUnavailableError, ConnectionClosedError, ProtocolError
+from ..logs import call_extra
 from ..packets import (
     PROTOCOL_VERSION,
     SESSION_HEADER,
@@ -31,6 +33,8 @@ from .dispatch import Dispatcher
 from .lifecycle import Lifecycle, ServerSettings
 
 __all__ = ["MAX_POLL_WAIT", "HttpEndpoints"]
+
+logger = logging.getLogger(__name__)
 
 MAX_POLL_WAIT = 60.0
 """The longest wait of one ``GET /events`` poll, in seconds (PROTOCOL.md §7)."""
@@ -117,6 +121,19 @@ class HttpEndpoints:
         try:
             packet = parse_message(body)
         except ProtocolError as exc:
+            if logger.isEnabledFor(logging.DEBUG):
+                rid, kind = exc.packet_id, exc.packet_type
+                logger.debug(
+                    "bad packet in POST %s: %s",
+                    request.path,
+                    exc,
+                    extra=call_extra(
+                        session=caller.session,
+                        transport="http",
+                        request_id=rid if kind in ("request", "response") else None,
+                        event_id=rid if kind == "event" else None,
+                    ),
+                )
             return packet_answer(Response.fail(exc.packet_id, str(exc), exc.code), 400)
         # Opened here, a session is provisional (§7) until its key is presented again.
         opened = await self.gate.session_of(request, caller, provisional=True)

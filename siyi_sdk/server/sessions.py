@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ..logs import call_extra
 from ..pipeline import Chain
 from .connection import Connection, ServerCall
 
@@ -166,7 +167,13 @@ class SessionRegistry:
             session.receives = True  # it takes packets from its first moment, a few of them
             session.buffer_limit = min(self.provisional_buffer, self.buffer_size)
             self._provisional[session.session] = session
-        logger.debug("session %r opened%s", session, " (provisional)" if provisional else "")
+        if logger.isEnabledFor(logging.DEBUG):  # else its key is not even hashed
+            logger.debug(
+                "session %r opened%s",
+                session,
+                " (provisional)" if provisional else "",
+                extra=call_extra(session=session),
+            )
         return session
 
     def confirm(self, session: Connection) -> bool:
@@ -243,7 +250,8 @@ class SessionRegistry:
             del self._sessions[session.session]
             self._provisional.pop(session.session, None)
             session.end()
-            logger.debug("session %r ended", session)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("session %r ended", session, extra=call_extra(session=session))
             self._on_end(session)
 
     def retire(self, session: Connection) -> None:

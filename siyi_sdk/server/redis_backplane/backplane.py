@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...errors import BackplaneUnavailableError, NotConnectedError
+from ...logs import call_extra
 from ...outcome import encode_response
 from ...packets import TAKEN_OVER, Response, kept, new_id, parse_message
 from ..connection import Connection
@@ -128,7 +129,11 @@ class RedisBackplane(RedisSessions):
         assert response.id is not None
         node = await self.call(self.redis.get, self.key(f"r:{response.id}"))
         if node is self.UNREACHABLE or node is None or node.decode() == self.node_id:
-            logger.debug("dropping a response that matches nothing: %r", response.id)
+            logger.debug(
+                "dropping a response that matches nothing: %r",
+                response.id,
+                extra=call_extra(request_id=response.id),
+            )
             return
         answer = message(b"R", {"k": key}, encode_response(response))
         await self.call(self.redis.publish, self.channel(node.decode()), answer)
@@ -260,14 +265,22 @@ class RedisBackplane(RedisSessions):
                 assert response.id is not None
                 asking = self._asking.pop(response.id, None)
                 if asking is None or not asking.resolve(response):
-                    logger.debug("dropping a forwarded response: %r", response.id)
+                    logger.debug(
+                        "dropping a forwarded response: %r",
+                        response.id,
+                        extra=call_extra(request_id=response.id),
+                    )
             elif op == b"W":
                 if (polled := host.sessions.get(header["k"])) is not None:
                     polled.wake()
             elif op == b"T":
                 taken = host.sessions.get(header["k"])
                 if taken is not None and taken.peer is not None:
-                    logger.info("%r: a WebSocket on another node takes the session over", taken)
+                    logger.info(
+                        "%r: a WebSocket on another node takes the session over",
+                        taken,
+                        extra=call_extra(session=taken),
+                    )
                     self.spawn(taken.close(TAKEN_OVER, "session taken over by another connection"))
             elif op == b"E":
                 ended = host.sessions.get(header["k"]) if header["o"] != self.node_id else None
