@@ -25,6 +25,7 @@ from ..outcome import call_event_handler
 from ..packets import Request, Response
 from ..peer import DEFAULT_MAX_OUTBOX_BYTES, DEFAULT_MAX_PENDING_EVENTS
 from ..wire import DEFAULT_MAX_MESSAGE_SIZE
+from .admin import Dashboard
 from .auth import Authenticate, Gate
 from .backplane import Backplane, MemoryBackplane
 from .broadcast import Broadcaster
@@ -106,6 +107,12 @@ class ProtocolServer(Registration):
             path, e.g. ``"/metrics"``; needs the ``prometheus`` extra. None: not served.
         metrics_key: a key a scrape of `metrics_path` must present as
             ``Authorization: Bearer <key>`` (else 401); None: the metrics are open.
+        admin_path: where the live dashboard is served (README's "Dashboard"), under the
+            mount prefix: the page, its feed and ``{admin_path}/api/stats``.
+        admin_key: the dashboard's read-only key (at least 8 characters). The dashboard is
+            off unless this or `admin_operator_key` is given.
+        admin_operator_key: the dashboard's operator key: the only role that may act
+            (disconnect or end a session, send it an event, broadcast, trace).
     """
 
     heartbeat_interval = Setting[float | None]()
@@ -154,6 +161,9 @@ class ProtocolServer(Registration):
         ssl: SSLContext | None = None,
         metrics_path: str | None = None,
         metrics_key: str | None = None,
+        admin_path: str = "/admin",
+        admin_key: str | None = None,
+        admin_operator_key: str | None = None,
     ) -> None:
         self.host = host
         self.ssl = ssl
@@ -235,6 +245,11 @@ class ProtocolServer(Registration):
         if metrics_path is not None:
             self.metrics_endpoint = PrometheusEndpoint(self, metrics_key)
             self._serving.extra_routes.append((metrics_path, self.metrics_endpoint.handle))
+        self.dashboard: Dashboard | None = None
+        """The live dashboard, when a key for it was given (`admin_key`, `admin_operator_key`)."""
+        if admin_key is not None or admin_operator_key is not None:
+            self.dashboard = Dashboard(self, admin_path, admin_key, admin_operator_key)
+            self._serving.mounts.append(self.dashboard.mount)
 
     @property
     def verify_key(self) -> str | None:

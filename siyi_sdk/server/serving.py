@@ -64,6 +64,9 @@ class Serving:
             tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
         ] = []
         """More GET routes ``(path, handler)`` served under the prefix (``metrics_path``)."""
+        self.mounts: list[Callable[[web.Application, str], None]] = []
+        """More parts that add their own routes (and lifecycle) under the prefix: ``mount(app,
+        prefix)`` (the dashboard's)."""
 
     async def wait_stopped(self) -> None:
         """Return once the server has stopped."""
@@ -85,6 +88,8 @@ class Serving:
         app.router.add_get(prefix + settings.events_path, self._http.events)
         for path, handler in self.extra_routes:
             app.router.add_get(prefix + path, handler)
+        for mount in self.mounts:
+            mount(app, prefix)
         self.uploads.setup(app, prefix)
         app.cleanup_ctx.append(self._lifespan)
         app.on_shutdown.append(self._on_shutdown)

@@ -64,7 +64,8 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": with it a browser sends "Origin: null" on the page's own POSTs.
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -384,8 +385,10 @@ class Dashboard:
             await session.close(1012, "disconnected by an operator")
         elif action == "end":
             self._log_action(caller, request, f"ended session {tag}")
-            self.server.sessions.end(session)
+            # Closed first, so the client hears why (1008), then ended: its buffer is dropped
+            # and a reconnect with its key opens a fresh session.
             await session.close(1008, "session ended by an operator")
+            self.server.sessions.end(session)
         else:
             body = await self._body(request)
             name = body.get("name")
