@@ -51,6 +51,19 @@ def admin_url(server: ProtocolServer, tail: str = "/", prefix: str = "") -> str:
     return f"http://127.0.0.1:{server.port}{prefix}/admin{tail}"
 
 
+def apply_patch(target: Any, patch: Any) -> Any:
+    """Apply a JSON merge patch (RFC 7396) as the page does: what the feed's ticks carry."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = apply_patch(out.get(key), value)
+    return out
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

@@ -25,6 +25,7 @@ from .admin_support import (
     OPERATOR_KEY,
     READ_KEY,
     admin_url,
+    apply_patch,
     bearer,
     browser_like,
     dashboard,
@@ -395,19 +396,7 @@ async def test_the_feed_sends_the_whole_document_once_then_deltas(server: Protoc
         assert "version" not in patch["node"]
         assert tick["point"]["commands"]["echo"][0] > 0
         # The page applies the patch (RFC 7396) and has the new document.
-        assert _apply(doc, patch) == board.document()
-
-
-def _apply(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = _apply(out.get(key), value)
-    return out
+        assert apply_patch(doc, patch) == board.document()
 
 
 async def test_the_sessions_page_of_the_feed_changes_row_by_row(server: ProtocolServer) -> None:

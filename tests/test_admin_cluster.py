@@ -1,0 +1,96 @@
+"""The dashboard of a cluster: three node processes over one real redis-server (issue 15).
+
+Each node publishes its figures on the backplane once a tick; the page of any node lists all
+three, and marks one that was killed (SIGKILL: no goodbye) down within 5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from .admin_support import READ_KEY, apply_patch, bearer
+from .conftest import Node, free_port, wait_for
+from .redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def start_node(url: str, prefix: str) -> Node:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.admin_node",
+        str(port),
+        url,
+        prefix,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.stdout is not None
+    line = await wait_for(process.stdout.readline(), 20)
+    assert line.strip() == b"ready", f"the node did not start: {line!r}"
+    return Node(process, port)
+
+
+@pytest.fixture
+async def nodes(redis_server: RedisServer, redis_prefix: str) -> AsyncIterator[list[Node]]:
+    started = await asyncio.gather(*(start_node(redis_server.url, redis_prefix) for _ in range(3)))
+    try:
+        yield list(started)
+    finally:
+        for node in started:
+            with contextlib.suppress(ProcessLookupError):
+                node.kill()
+            await node.process.wait()
+
+
+async def test_every_node_is_listed_and_a_killed_one_is_marked_down_within_5_s(
+    nodes: list[Node],
+) -> None:
+    first, _, doomed = nodes
+    async with (
+        aiohttp.ClientSession(headers=bearer(READ_KEY)) as http,
+        http.ws_connect(f"http://127.0.0.1:{first.port}/admin/feed") as feed,
+    ):
+        doc: dict[str, Any] = orjson.loads((await wait_for(feed.receive())).data)["doc"]
+
+        async def until(predicate: Any, timeout: float) -> None:
+            # Each tick of the node's feed (once a second) is an event to look at.
+            nonlocal doc
+            async with asyncio.timeout(timeout):
+                while not predicate(doc):
+                    message = orjson.loads((await feed.receive()).data)
+                    if message["type"] == "tick":
+                        doc = apply_patch(doc, message["patch"])
+
+        def addresses(doc: dict[str, Any], up: bool) -> set[str]:
+            return {n["address"] for n in doc.get("nodes", {}).values() if n["up"] is up}
+
+        every = {f"127.0.0.1:{node.port}" for node in nodes}
+        await until(lambda d: addresses(d, True) == every, 15)
+        async with http.get(f"http://127.0.0.1:{first.port}/admin/api/stats") as reply:
+            stats = await reply.json()
+        assert {n["address"] for n in stats["nodes"].values()} == every
+        assert all(n["up"] for n in stats["nodes"].values())
+        assert all("backplane" in n for n in stats["nodes"].values())
+
+        killed_at = time.monotonic()
+        doomed.kill()
+        gone = {f"127.0.0.1:{doomed.port}"}
+        await until(lambda d: addresses(d, False) == gone, 5.0)
+        took = time.monotonic() - killed_at
+        assert addresses(doc, True) == every - gone
+        print(f"a killed node was marked down after {took:.2f} s")
