@@ -20,6 +20,7 @@ from .demo import run_demo_command
 from .describe import add_describe_parser
 from .listen import run_listen
 from .serve import run_serve
+from .stats import add_stats_parser
 from .upload import run_upload
 
 __all__ = ["build_parser"]
@@ -92,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-key",
         metavar="KEY",
         help="a scrape of --metrics must send 'Authorization: Bearer KEY' (default: open)",
+    )
+    serve.add_argument(
+        "--admin-key",
+        metavar="KEY",
+        help="serve the live dashboard at --admin-path; KEY logs in read-only (at least 8 "
+        "characters)",
+    )
+    serve.add_argument(
+        "--admin-operator-key",
+        metavar="KEY",
+        help="the dashboard's operator key, the one that may act (serves the dashboard too)",
+    )
+    serve.add_argument(
+        "--admin-path", default="/admin", metavar="PATH", help="where the dashboard is (/admin)"
     )
     serve.add_argument(
         "--log-format",
@@ -193,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_conformance_parser(commands)
     add_describe_parser(commands, _add_connection_options)
     add_codegen_parser(commands, _add_connection_options)
+    add_stats_parser(commands, _add_connection_options)
     return parser
 
 

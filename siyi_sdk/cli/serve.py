@@ -86,6 +86,10 @@ async def run_serve(args: argparse.Namespace) -> int:
     if args.metrics is not None:
         extra["metrics_path"] = args.metrics
         extra["metrics_key"] = args.metrics_key
+    if args.admin_key is not None or args.admin_operator_key is not None:
+        extra["admin_path"] = args.admin_path
+        extra["admin_key"] = args.admin_key
+        extra["admin_operator_key"] = args.admin_operator_key
     if args.conformance:
         try:
             extra["keys"] = reference_keys(args.conformance_keys)
@@ -105,6 +109,9 @@ async def run_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:  # --metrics without the prometheus extra
         tell(args, f"--metrics: {exc}")
         return EXIT_NO_ANSWER
+    except ValueError as exc:  # a dashboard key too short, or both the same
+        tell(args, f"--admin-key: {exc}")
+        return EXIT_NO_ANSWER
 
     async def serve() -> int:
         try:
@@ -122,6 +129,8 @@ async def run_serve(args: argparse.Namespace) -> int:
         )
         if args.metrics is not None:
             emit(f"metrics for Prometheus at {http}://{base}{args.metrics}")
+        if server.dashboard is not None:
+            emit(f"the dashboard at {http}://{base}{server.dashboard.path}/")
         if args.conformance:
             announce_reference(f"{http}://{base}", extra["keys"])
         await server.start()  # until stop()
