@@ -35,6 +35,7 @@ from .errors import (
 )
 from .expiry import Expired, Expiry
 from .frames import text_frames
+from .logs import SessionTagged, call_extra
 from .outcome import encode_response, start_task
 from .packets import (
     Event,
@@ -132,6 +133,8 @@ class Peer:
             peer's own streams. No reserved event reaches `on_event`.
         masked: this is the client's end, whose frames are masked (RFC 6455 §5.3); matters
             only with a `transport`, where this peer writes frames itself.
+        session: the session this socket serves, for the log lines about its calls (its
+            hashed key: `logs.call_extra`).
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class Peer:
         max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
         on_control: Callable[[Event], None] | None = None,
         masked: bool = False,
+        session: SessionTagged | None = None,
     ) -> None:
         self._ws = ws
         self._on_control = on_control
@@ -163,6 +167,7 @@ class Peer:
         # known transport and no compression.
         self._coalesce = self._writable is not None and not getattr(ws, "compress", True)
         self._masked = masked
+        self.session = session
         self._batch: list[bytes] | None = None
         self._expiry: Expiry | None = None  # made for the first request with a time limit
         self.max_pending_events = max(1, max_pending_events)
@@ -567,7 +572,20 @@ class Peer:
         try:
             packet = parse_message(raw)
         except ProtocolError as exc:
-            logger.debug("%s: bad frame: %s", self.label, exc)
+            if logger.isEnabledFor(logging.DEBUG):
+                rid = exc.packet_id
+                kind = exc.packet_type
+                logger.debug(
+                    "%s: bad frame: %s",
+                    self.label,
+                    exc,
+                    extra=call_extra(
+                        session=self.session,
+                        transport="websocket",
+                        request_id=rid if kind in ("request", "response") else None,
+                        event_id=rid if kind == "event" else None,
+                    ),
+                )
             if exc.packet_type == "response" and exc.packet_id is not None:
                 # A malformed answer to a request we sent: fail it now, not at its timeout.
                 waiting = self._pending.get(exc.packet_id)
@@ -581,13 +599,26 @@ class Peer:
                 if self._on_response is not None and self._on_response(packet):
                     return
                 logger.debug(
-                    "%s: dropping a response that matches nothing: %r", self.label, packet.id
+                    "%s: dropping a response that matches nothing: %r",
+                    self.label,
+                    packet.id,
+                    extra=call_extra(
+                        session=self.session, transport="websocket", request_id=packet.id
+                    ),
                 )
             else:
                 future.set_result(packet)
         elif type(packet) is Request:
             if len(self.handling) >= self._max_in_flight:
                 self.busy += 1
+                if logger.isEnabledFor(logging.DEBUG):  # a flood of these must stay cheap
+                    logger.debug(
+                        "%s: refused %r: %d requests already in flight: answered 429",
+                        self.label,
+                        packet.command,
+                        self._max_in_flight,
+                        extra=call_extra(packet, self.session, "websocket"),
+                    )
                 await self._send_quietly(
                     encode(
                         Response.fail(
@@ -611,7 +642,11 @@ class Peer:
                         self.sent += FRAME_UNIT + len(answer)
                         await self._ws.send_frame(answer, _TEXT)
                     except ConnectionError:
-                        logger.debug("%s: an answer was lost: the connection dropped", self.label)
+                        logger.debug(
+                            "%s: an answer was lost: the connection dropped",
+                            self.label,
+                            extra=call_extra(packet, self.session, "websocket"),
+                        )
                 return
             assert not isinstance(answer, bytes)
             task = start_task(self._answer(answer))
@@ -637,6 +672,7 @@ class Peer:
         (the answers to what one read brought, the requests of many tasks woken together)
         costs two writes, not one per frame.
         """
+        self.sent += FRAME_UNIT + len(frame)
         batch = self._batch
         if batch is None:
             self._batch = []
@@ -644,7 +680,6 @@ class Peer:
             self._write([frame])
             return
         batch.append(frame)
-        self.sent += FRAME_UNIT + len(frame)
         if len(batch) >= _BATCH:
             self._batch = []  # the turn goes on: what follows waits for its end
             self._write(batch)
@@ -672,7 +707,16 @@ class Peer:
             if inbox is not None:
                 inbox.put(data)
             else:
-                logger.debug("%s: dropping a chunk of no stream here: %r", self.label, data)
+                logger.debug(
+                    "%s: dropping a chunk of no stream here: %r",
+                    self.label,
+                    data,
+                    extra=call_extra(
+                        session=self.session,
+                        transport="websocket",
+                        request_id=rid if type(rid) is str else None,
+                    ),
+                )
         elif self._on_control is not None:
             self._on_control(event)
 

@@ -319,6 +319,7 @@ class WebSocketAdapter(Adapter):
             max_message_size=self.max_message_size,
             transport=_transport_of(ws),
             masked=True,
+            session=self.session,
         )
         return peer, first
 

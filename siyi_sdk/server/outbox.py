@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from ..errors import ConnectionClosedError, NotConnectedError
+from ..logs import call_extra
 from ..peer import Peer
 
 __all__ = ["Keep", "Outbox"]
@@ -89,6 +90,7 @@ class Outbox:
                 size,
                 peer.outbox_bytes,
                 peer.max_outbox_bytes,
+                extra=call_extra(session=peer.session, transport="websocket"),
             )
             peer.shut(
                 _TRY_AGAIN_LATER,

@@ -8,6 +8,7 @@ import logging
 from aiohttp import web
 
 from ..errors import ConnectionClosedError, NotConnectedError
+from ..logs import call_extra
 from ..outcome import call_event_handler
 from ..packets import PROTOCOL_VERSION, SESSION_EVENT, SUBPROTOCOL, TAKEN_OVER, Event, StatusCode
 from ..peer import Peer
@@ -87,6 +88,7 @@ class WebSocketEndpoint:
                 ),
                 transport=request.transport,
                 max_message_size=settings.max_message_size,
+                session=session,
             ),
         )
         return ws
@@ -96,7 +98,11 @@ class WebSocketEndpoint:
         lifecycle.peers.add(peer)
         previous = session.attach(peer)
         if previous is not None:
-            logger.info("%r: a new WebSocket takes the session over", session)
+            logger.info(
+                "%r: a new WebSocket takes the session over",
+                session,
+                extra=call_extra(session=session, transport="websocket"),
+            )
             lifecycle.spawn(previous.close(TAKEN_OVER, "session taken over by another connection"))
         session.receives = True
         lifecycle.spawn(self._greet(session, peer, resumed))
@@ -110,10 +116,16 @@ class WebSocketEndpoint:
                 self.gate.sessions.touch(session)
                 if self.backplane.shared:
                     await self.backplane.release(session)
-            logger.debug("%r disconnected (code %s)", session, peer.close_code)
+            if logger.isEnabledFor(logging.DEBUG):  # else its key is not even hashed
+                logger.debug(
+                    "%r disconnected (code %s)",
+                    session,
+                    peer.close_code,
+                    extra=call_extra(session=session, transport="websocket"),
+                )
             if attached:
                 for handler in self.dispatcher.disconnect_handlers:
-                    await call_event_handler(handler, (session,), "disconnect")
+                    await call_event_handler(handler, (session,), "disconnect", session)
             if peer.remote_close_code == 1000 and (attached or session.peer is None):
                 # The client said goodbye: its session is over (a drop leaves it resumable).
                 self.gate.sessions.end(session)
@@ -142,8 +154,11 @@ class WebSocketEndpoint:
         stats.replayed += max(0, waiting - session.buffered)
         if not replayed:
             return  # dropped while replaying: the rest stays buffered
-        logger.debug("%r connected", session)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%r connected", session, extra=call_extra(session=session, transport="websocket")
+            )
         for handler in self.dispatcher.connect_handlers:
             # Beside the reader, not before it: a connect handler may await a request to the
             # client, whose Response only the reader can deliver.
-            self.lifecycle.spawn(call_event_handler(handler, (session,), "connect"))
+            self.lifecycle.spawn(call_event_handler(handler, (session,), "connect", session))
