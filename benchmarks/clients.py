@@ -56,6 +56,7 @@ import aiohttp
 import orjson
 
 from .common import (
+    ADMIN_KEY,
     HOST,
     PAYLOAD,
     StdinLines,
@@ -270,6 +271,41 @@ class SiyiClient:
         await self.client.disconnect()
 
 
+class SiyiAdminClient(SiyiClient):
+    """`SiyiClient` against the server with its dashboard on, and one viewer of its feed.
+
+    The viewer is what a browser tab does: it opens the dashboard's WebSocket feed (with the
+    dashboard key as a bearer), asks for the first page of the sessions table, and reads every
+    message the server sends it (one a second, and the page's changes) while the load runs.
+    """
+
+    def __init__(self, port: int, shared: Shared, on_event: EventSink | None) -> None:
+        super().__init__(port, shared, on_event)
+        self.port = port
+        self.viewed = 0
+        self._viewer: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        self._http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        feed = await self._http.ws_connect(f"http://{HOST}:{self.port}/admin/feed")
+        await feed.receive()  # the whole document, once
+        await feed.send_str('{"sessions": {"query": "", "page": 0, "size": 50}}')
+        self._viewer = asyncio.create_task(self._view(feed))
+
+    async def _view(self, feed: aiohttp.ClientWebSocketResponse) -> None:
+        async for _ in feed:
+            self.viewed += 1
+
+    async def close(self) -> None:
+        if self._viewer is not None:
+            self._viewer.cancel()
+        if self._http is not None:
+            await self._http.close()
+        await super().close()
+
+
 class SiyiApiWs:
     """siyi-sdk's typed Api over a WebSocketAdapter; requests are ``api.echo(payload)``.
 
@@ -464,6 +500,7 @@ CLIENTS: dict[str, ClientFactory] = {
     "raw_http": RawHttp,
     "socketio": SocketIo,
     "siyi_client": SiyiClient,
+    "siyi_admin": SiyiAdminClient,
     "siyi_api_ws": SiyiApiWs,
     "siyi_api_http": SiyiApiHttp,
 }

@@ -20,6 +20,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import orjson
 
 __all__ = [
+    "ADMIN_KEY",
     "HOST",
     "PAYLOAD",
     "StdinLines",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+ADMIN_KEY: Final = "bench-dashboard-key"
+"""The dashboard key of the ``siyi_admin`` row's server (its viewer logs in with it)."""
 
 HOST: Final = "127.0.0.1"
 """Loopback only: no benchmark process ever binds or dials anything else."""

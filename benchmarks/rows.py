@@ -23,7 +23,7 @@ class Row:
 
     name: str
     label: str
-    stack: Literal["raw", "socketio", "siyi"]
+    stack: Literal["raw", "socketio", "siyi", "siyi_admin"]
     transport: Literal["ws", "http"]
     holds: bool = False
     needs: str | None = None
@@ -45,6 +45,12 @@ ROWS: Final[tuple[Row, ...]] = (
         "siyi",
         "ws",
         holds=True,
+    ),
+    Row(
+        "siyi_admin",
+        "siyi ProtocolServer, dashboard on, one viewer + ProtocolClient.send_request",
+        "siyi_admin",
+        "ws",
     ),
     Row(
         "siyi_server",

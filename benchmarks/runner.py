@@ -889,6 +889,17 @@ TARGETS: Final = (
         1,
     ),
     Target(_WS_RPS + " (the server alone)", "par_rps", "siyi_server", "raw_ws", 0.75, True),
+    # The dashboard issue: on, with one viewer, within 5 % of off (the same run).
+    Target(_WS_RPS + ", dashboard on", "par_rps", "siyi_admin", "siyi_client", 0.95, True),
+    Target(
+        "server CPU per request (64 in flight), dashboard on, µs",
+        "par_cpu",
+        "siyi_admin",
+        "siyi_client",
+        1.05,
+        False,
+        1,
+    ),
     Target(
         "server CPU per request (64 in flight, the server alone), µs",
         "par_cpu",

@@ -1,7 +1,7 @@
 """Server worker: one echo server of one stack, steered over stdin by the orchestrator.
 
-``python -m benchmarks.servers --stack raw|socketio|siyi [--heartbeat S] [--redis URL
---prefix P] [--uvloop]``
+``python -m benchmarks.servers --stack raw|socketio|siyi|siyi_admin [--admin] [--heartbeat S]
+[--redis URL --prefix P] [--uvloop]``
 
 It binds 127.0.0.1 on a free port, prints ``{"port": N, "pid": P, ...}`` and then answers one
 line per command read from stdin:
@@ -29,6 +29,10 @@ Every stack echoes the same way: a request's params come back as the response's 
   same items to the caller as ``item`` events, one ``send_event`` after another, then answers
   `n`).
 
+``siyi_admin`` (or ``siyi`` with ``--admin``) is the same siyi server with its dashboard on
+(``admin_key=ADMIN_KEY``): the dispatcher records every request's command, outcome and latency,
+and the figures are computed once a second for whatever viewer is connected.
+
 With ``--redis URL`` the server is one node of several sharing that Redis: siyi with
 ``backplane=RedisBackplane(URL, prefix=P)``, python-socketio with
 ``client_manager=AsyncRedisManager(URL, channel=P)``; broadcasts then reach the clients of
@@ -52,6 +56,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from .common import (
+    ADMIN_KEY,
     HOST,
     PAYLOAD,
     StdinLines,
@@ -238,9 +243,13 @@ class SocketIoServer:
 class SiyiServer:
     """siyi-sdk's ProtocolServer with an ``echo`` route."""
 
+    admin = False
+    """True: the dashboard is on (`SiyiAdminServer`, ``--admin``)."""
+
     def __init__(self, heartbeat: float | None, redis: str | None, prefix: str) -> None:
         from siyi_sdk import Connection, ProtocolServer
 
+        options: dict[str, Any] = {"admin_key": ADMIN_KEY} if self.admin else {}
         if redis:
             from siyi_sdk import RedisBackplane
 
@@ -250,10 +259,11 @@ class SiyiServer:
                 heartbeat_interval=heartbeat,
                 shutdown_timeout=1.0,
                 backplane=RedisBackplane(redis, prefix=prefix),
+                **options,
             )
         else:
             self.server = ProtocolServer(
-                HOST, 0, heartbeat_interval=heartbeat, shutdown_timeout=1.0
+                HOST, 0, heartbeat_interval=heartbeat, shutdown_timeout=1.0, **options
             )
 
         # A plain function, like the raw rows' inline echo: a handler that never waits. It
@@ -304,10 +314,17 @@ class SiyiServer:
         await self.server.stop()
 
 
+class SiyiAdminServer(SiyiServer):
+    """The same, with its dashboard on (a viewer connects from the ``siyi_admin`` row's client)."""
+
+    admin = True
+
+
 STACKS: dict[str, type[RawServer] | type[SocketIoServer] | type[SiyiServer]] = {
     "raw": RawServer,
     "socketio": SocketIoServer,
     "siyi": SiyiServer,
+    "siyi_admin": SiyiAdminServer,
 }
 
 
@@ -402,7 +419,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser.add_argument("--redis", help="a Redis URL: be one node of several sharing it")
     parser.add_argument("--prefix", default="bench", help="with --redis: the nodes' namespace")
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument(
+        "--admin", action="store_true", help="siyi: with its dashboard on (as --stack siyi_admin)"
+    )
     args = parser.parse_args(argv)
+    if args.admin:
+        if args.stack != "siyi":
+            parser.error("--admin is for --stack siyi")
+        args.stack = "siyi_admin"
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     raise_nofile_limit()
     pin_from_env()

@@ -585,3 +585,27 @@ def test_merge_patch_removes_keys_with_null() -> None:
     assert merge_patch({"a": 1, "b": {"c": 2, "d": 3}}, {"a": 1, "b": {"c": 4}}) == {
         "b": {"c": 4, "d": None}
     }
+
+
+async def test_errors_are_told_from_answers_whatever_the_request_ids(
+    server: ProtocolServer,
+) -> None:
+    # The recorder reads an answer's status where it stands for an id JSON did not escape, and
+    # looks for it otherwise: ids with quotes, colons and non-ASCII characters must not fool it.
+    ids = ["plain", 'q"uote', ':"ok"', '"o', "ééé", "x" * 120, '\\"o' * 20]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"ws://127.0.0.1:{server.port}/") as ws,
+    ):
+        await wait_for(ws.receive())  # the session event
+        for n, rid in enumerate(ids):
+            for command in ("echo", "fail"):
+                packet = {"id": f"{rid}{n}{command}", "type": "request", "command": command}
+                await ws.send_str(orjson.dumps(packet).decode())
+                answer = orjson.loads((await wait_for(ws.receive())).data)
+                assert answer["status"] == ("ok" if command == "echo" else "error")
+    commands = dashboard(server).recorder.commands
+    assert commands["echo"].count == len(ids)
+    assert commands["echo"].errors == 0
+    assert commands["fail"].count == len(ids)
+    assert commands["fail"].errors == len(ids)

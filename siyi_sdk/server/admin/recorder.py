@@ -137,16 +137,36 @@ class CallRecorder:
         request: Request,
         transport: Literal["websocket", "http"],
     ) -> bytes | Awaitable[bytes]:
-        """`Dispatcher.answer`, timed: the frame at once, or an awaitable of it."""
+        """`Dispatcher.answer`, timed: the frame at once, or an awaitable of it.
+
+        Written out in full rather than through `record` and `bucket_of`: this runs for every
+        request while the dashboard is on, and each call saved is about 0.1 µs.
+        """
         started = _perf_ns()
-        out = dispatcher.answer(connection, request, transport, recorded=True)
-        if type(out) is bytes:
-            at = out.find(_STATUS, 0, _STATUS_WITHIN)
-            # b"o" (111) starts "ok": anything else is "error".
-            self.record(request.command, _perf_ns() - started, at < 0 or out[at + 10] != 111)
-            return out
-        assert not isinstance(out, bytes)
-        return self._later(out, request.command, started)
+        out = dispatcher.answer(connection, request, transport, True)
+        if type(out) is not bytes:
+            assert not isinstance(out, bytes)
+            return self._later(out, request.command, started)
+        ns = _perf_ns() - started
+        figures = self.commands.get(request.command) or self.figures(request.command)
+        figures.count += 1
+        # An answer is '{"id":"<id>","type":"response","status":"ok"...' (or "error"): with an
+        # id JSON did not escape, the status starts at a known place; else it is looked for.
+        # ':"o' (58, 34, 111) cannot occur inside a JSON string, where a quote is escaped.
+        at = 37 + len(request.id)
+        if len(out) <= at or out[at] != 111 or out[at - 1] != 34 or out[at - 2] != 58:
+            found = out.find(_STATUS, 0, _STATUS_WITHIN)
+            if found < 0 or out[found + 10] != 111:
+                figures.errors += 1
+        if ns < 8:
+            ns = 8
+        bits = ns.bit_length()
+        figures.histogram[
+            BUCKETS - 1
+            if bits > MAX_BITS
+            else (bits << SUB) | ((ns >> (bits - 1 - SUB)) & ((1 << SUB) - 1))
+        ] += 1
+        return out
 
     async def _later(self, out: Awaitable[bytes], command: str, started: int) -> bytes:
         try:
