@@ -577,8 +577,8 @@ def test_command_names_are_bounded() -> None:
     recorder = CallRecorder()
     for n in range(500):
         recorder.record(f"name-{n}", 1000, error=False)
-    assert len(recorder.commands) == 201  # 200 names and "(other)"
-    assert recorder.commands["(other)"].count == 300
+    assert len(recorder.commands) == 101  # 100 names and "(other)"
+    assert recorder.commands["(other)"].count == 400
 
 
 def test_merge_patch_removes_keys_with_null() -> None:

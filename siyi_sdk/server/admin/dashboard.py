@@ -222,7 +222,7 @@ class Dashboard:
     # Pages -------------------------------------------------------------------------------------
 
     async def _redirect(self, request: web.Request) -> web.StreamResponse:
-        raise web.HTTPFound(self.auth.path + "/")
+        return web.Response(status=302, headers={"Location": self.auth.path + "/"})
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         caller = self._caller(request)

@@ -35,7 +35,7 @@ MAX_BITS: Final = 45
 """Durations are nanoseconds, capped at 2 ** 45 ns (about 9.8 hours): the last bucket."""
 BUCKETS: Final = (MAX_BITS + 1) << SUB
 """Buckets in one histogram."""
-MAX_COMMANDS: Final = 200
+MAX_COMMANDS: Final = 100
 """Command names kept apart at most; past them a name is counted under `OTHER`."""
 OTHER: Final = "(other)"
 """Where the requests of names past `MAX_COMMANDS` are counted (a client cannot grow it)."""
