@@ -243,7 +243,9 @@ async def test_a_cookie_action_needs_the_csrf_token_and_the_own_origin(
         assert inbox.data == [1]
 
 
-async def test_the_feed_refuses_a_foreign_origin(server: ProtocolServer) -> None:
+async def test_the_feed_refuses_a_foreign_origin(
+    server: ProtocolServer, caplog: pytest.LogCaptureFixture
+) -> None:
     async with browser_like() as http:
         await log_in(http, server, READ_KEY)
         feed = admin_url(server, "/feed")
@@ -265,6 +267,10 @@ async def test_the_feed_refuses_a_foreign_origin(server: ProtocolServer) -> None
             assert orjson.loads((await wait_for(ws.receive())).data)["type"] == "hello"
         with pytest.raises(aiohttp.WSServerHandshakeError):
             await http.ws_connect(feed, origin="https://evil.example")
+    # Refusals are logged, and what they log holds no key and no cookie.
+    assert "another origin refused" in caplog.text
+    assert READ_KEY not in caplog.text
+    assert "siyi_admin=" not in caplog.text
 
 
 # Figures -------------------------------------------------------------------------------------

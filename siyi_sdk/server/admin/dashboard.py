@@ -312,7 +312,11 @@ class Dashboard:
         if not self.auth.same_origin(request):
             # A page of another site may open a WebSocket here, and the browser would not stop
             # it (WebSockets ignore the same-origin policy); this check does.
-            logger.warning("dashboard: a feed from another origin refused: %s", request.headers)
+            logger.warning(
+                "dashboard: a feed from another origin refused: %r from %s",
+                request.headers.get("Origin"),
+                request.remote,
+            )
             return _error(403, "cross-site feed refused")
         if caller.by_cookie and "Origin" not in request.headers:
             return _error(403, "a browser's feed must say its Origin")
