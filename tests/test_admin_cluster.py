@@ -18,10 +18,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from .admin_support import READ_KEY, apply_patch, bearer
 from .conftest import Node, free_port, wait_for
 from .redis_server import RedisServer
+from .test_dashboard_browser import HAVE_BROWSER, browser, shot, wait
+from .test_dashboard_browser import log_in as browser_log_in
+
+__all__ = ["browser"]  # the fixture, shared with the browser tests
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,3 +99,33 @@ async def test_every_node_is_listed_and_a_killed_one_is_marked_down_within_5_s(
         took = time.monotonic() - killed_at
         assert addresses(doc, True) == every - gone
         print(f"a killed node was marked down after {took:.2f} s")
+
+
+@pytest.mark.skipif(not HAVE_BROWSER, reason="needs Debian's chromium and chromium-driver")
+async def test_the_page_lists_the_nodes_and_marks_a_killed_one_down(
+    nodes: list[Node], browser: WebDriver
+) -> None:
+    # The node processes serve on their own: this test's loop may block in WebDriver calls.
+    first, _, doomed = nodes
+    browser_log_in(browser, f"http://127.0.0.1:{first.port}", READ_KEY)
+
+    def states(b: WebDriver) -> dict[str, str]:
+        # Read in one script: the table is redrawn each second, its cells go stale between
+        # two WebDriver calls.
+        rows = b.execute_script(
+            "return [...document.querySelectorAll('#nodes-body tr')]"
+            ".map((tr) => [tr.cells[1].textContent, tr.cells[2].textContent]);"
+        )
+        return {address: state for address, state in rows}
+
+    every = {f"127.0.0.1:{node.port}": "up" for node in nodes}
+    wait(browser, lambda b: states(b) == every, "the three nodes never showed up")
+    shot(browser, "dashboard-cluster")
+    killed_at = time.monotonic()
+    doomed.kill()
+    down = {**every, f"127.0.0.1:{doomed.port}": "down"}
+    wait(browser, lambda b: states(b) == down, "the killed node was never marked down", 5.0)
+    took = time.monotonic() - killed_at
+    shot(browser, "dashboard-cluster-down")
+    print(f"the page marked a killed node down after {took:.2f} s")
+    assert took < 5.0

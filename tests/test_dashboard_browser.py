@@ -41,8 +41,10 @@ DOCS_IMAGE = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
 WAIT = 15.0
 """The bound on each wait for the page: the feed updates once a second."""
 
+HAVE_BROWSER = os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
+
 pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    not HAVE_BROWSER,
     reason="needs Debian's chromium and chromium-driver (scripts/_chromium installs them)",
 )
 
@@ -86,8 +88,8 @@ def shot(browser: WebDriver, name: str) -> Path:
     return path
 
 
-def wait(browser: WebDriver, condition: Any, message: str) -> Any:
-    return WebDriverWait(browser, WAIT, poll_frequency=0.1).until(
+def wait(browser: WebDriver, condition: Any, message: str, timeout: float = WAIT) -> Any:
+    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(
         lambda driver: condition(driver), message
     )
 
@@ -99,8 +101,18 @@ def text_of(browser: WebDriver, css: str) -> str:
         return ""
 
 
-def log_in(browser: WebDriver, node: ServerThread, key: str) -> None:
-    browser.get(node.base + "/admin/")
+def click(browser: WebDriver, css: str) -> bool:
+    """Click what `css` finds; False if it went stale first (its table was redrawn)."""
+    try:
+        browser.find_element(By.CSS_SELECTOR, css).click()
+    except WebDriverException:
+        return False
+    return True
+
+
+def log_in(browser: WebDriver, node: ServerThread | str, key: str) -> None:
+    """Log in through the form of `node`'s page (a `ServerThread`, or a base URL)."""
+    browser.get((node if isinstance(node, str) else node.base) + "/admin/")
     browser.find_element(By.ID, "key").send_keys(key)
     browser.find_element(By.ID, "login-button").click()
     wait(browser, lambda b: text_of(b, "#feed-state") == "live", "the feed never went live")
@@ -284,13 +296,10 @@ def test_an_operator_ends_a_session_and_its_client_drops(
     session = node.server.connections[0]
     tag = session.log_session
     wait(browser, lambda b: text_of(b, "#conn-websocket") == "1", "the client never showed")
-    button = wait(
-        browser,
-        lambda b: b.find_elements(By.CSS_SELECTOR, f'button.act-end[data-id="{tag}"]'),
-        "no end button",
-    )
+    end = f'button.act-end[data-id="{tag}"]'
+    wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, end), "no end button")
     shot(browser, "dashboard-operator")
-    button[0].click()
+    wait(browser, lambda b: click(b, end), "the end button could not be clicked")
     assert node.run(closed(ws)) == 1008
     wait(browser, lambda b: text_of(b, "#conn-websocket") == "0", "the count never fell")
     wait(browser, lambda b: text_of(b, "#action-result") == "done: end", "no acknowledgement")
