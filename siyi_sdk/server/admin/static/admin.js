@@ -103,10 +103,10 @@
     const name = state.command;
     if (name && hist.commands[name]) {
       const c = hist.commands[name];
-      chart($("chart-command"), [
-        { values: c.rate, color: "#2457c5" }, { values: c.p99, color: "#c62828" }, { values: c.p50, color: "#f9a825" },
-      ]);
-      text("chart-command-caption", name + ": rate/s (blue), p50 ms (yellow), p99 ms (red)");
+      chart($("chart-command"), [{ values: c.rate, color: "#2457c5" }, { values: c.error_rate, color: "#c62828" }]);
+      text("chart-command-caption", name + ": rate/s (blue), errors/s (red)");
+      chart($("chart-latency"), [{ values: c.p99, color: "#c62828" }, { values: c.p50, color: "#f9a825" }]);
+      text("chart-latency-caption", name + ": p50 ms (yellow), p99 ms (red)");
     }
   }
   function addPoint(point) {
@@ -163,7 +163,10 @@
       cell(tr, fmt(n.sessions.attached)); cell(tr, fmt(n.sessions.away)); cell(tr, fmt(n.sessions.provisional));
       cell(tr, fmt(n.rates.requests, 1)); cell(tr, fmt(n.rates.errors, 1)); cell(tr, fmt(n.rates.events, 1));
       cell(tr, bytes(n.rates.bytes_in)); cell(tr, bytes(n.rates.bytes_out));
-      cell(tr, fmt(n.buffered)); cell(tr, duration(n.uptime)); cell(tr, n.version);
+      cell(tr, fmt(n.buffered));
+      const redis = n.backplane;
+      cell(tr, !redis ? "–" : redis.up ? "up" + (redis.round_trip_ms === undefined ? "" : " · " + fmt(redis.round_trip_ms, 2) + " ms") : "down");
+      cell(tr, duration(n.uptime)); cell(tr, n.version);
       body.appendChild(tr);
     }
   }
