@@ -552,9 +552,12 @@ async def test_mounted_under_a_prefix() -> None:
                 assert reply.status == 303
                 assert reply.headers["Location"] == "/siyi/admin/"
                 assert "Path=/siyi/admin" in reply.headers["Set-Cookie"]
+            await dashboard(server).tick()  # after a request: it knows the socket it is on
             async with http.get(f"http://127.0.0.1:{port}/siyi/admin/api/stats") as reply:
                 assert reply.status == 200
-                assert (await reply.json())["node"]["connections"]["websocket"] == 0
+                node = (await reply.json())["node"]
+                assert node["connections"]["websocket"] == 0
+                assert node["address"] == f"127.0.0.1:{port}"  # not the server's unused 8765
     finally:
         await runner.cleanup()
 

@@ -79,6 +79,16 @@ def _static(name: str) -> bytes:
     return resources.files(__package__).joinpath("static", name).read_bytes()
 
 
+def _local_address(request: web.Request) -> str | None:
+    """``host:port`` of the socket `request` came in on (this node's own, behind a balancer)."""
+    transport = request.transport
+    name = transport.get_extra_info("sockname") if transport is not None else None
+    if not isinstance(name, tuple) or len(name) < 2:
+        return None
+    host = str(name[0])
+    return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
@@ -119,6 +129,7 @@ class Dashboard:
         self.feed = Feed(self.figures.sessions)
         self.nodes: list[dict[str, Any]] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._address: str | None = None
         self._tick_lock = asyncio.Lock()
         server.dispatcher.calls = self.recorder
 
@@ -150,6 +161,8 @@ class Dashboard:
 
     def _secured(self, handler: Handler) -> Handler:
         async def secured(request: web.Request) -> web.StreamResponse:
+            if self._address is None:
+                self._address = _local_address(request)
             response = await handler(request)
             if not response.prepared:
                 response.headers.update(_SECURITY_HEADERS)
@@ -176,7 +189,9 @@ class Dashboard:
         """Compute the figures now, exchange them with the cluster and feed every viewer."""
         async with self._tick_lock:
             server = self.server
-            self.figures.address = f"{server.host}:{server.port}"
+            # The socket a request reached (right when mounted in an application of the user's,
+            # whose port the server does not know), else what the server was asked to bind.
+            self.figures.address = self._address or f"{server.host}:{server.port}"
             doc = self.figures.tick()
             self.nodes = await self.cluster.exchange(doc["node"])
             await self.feed.tick(self.document(), self.figures.point, self.trace)
