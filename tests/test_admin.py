@@ -343,6 +343,7 @@ async def test_the_sessions_table_is_searched_and_paged_on_the_server(
         tag = first["rows"][3]["id"]
         assert (await page(query=tag))["rows"][0]["id"] == tag
         assert (await page(query="provisional 10.0.0.1:1005"))["total"] == 1
+        assert (await page(query="attached"))["total"] == 0
 
 
 async def test_no_session_key_is_ever_shown_whole(server: ProtocolServer) -> None:

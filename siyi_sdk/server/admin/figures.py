@@ -54,12 +54,7 @@ def session_row(session: Connection, now_wall: float, now_mono: float) -> dict[s
     peer = session.peer
     address = session.remote_address
     principal = session.principal
-    if session.provisional:
-        state = "provisional"
-    elif session.is_connected:
-        state = "attached"
-    else:
-        state = "away"
+    state = _state(session)
     return {
         "id": session.log_session,
         "remote": f"{address[0]}:{address[1]}" if address else "",
@@ -288,6 +283,16 @@ class Figures:
         return None
 
 
+def _state(session: Connection) -> str:
+    if session.provisional:
+        return "provisional"
+    if session.is_connected:
+        return "attached"
+    if session.polls:
+        return "polling"  # an HTTP-only client waiting on GET /events: away, yet served
+    return "away"
+
+
 def _by_id(session: Connection) -> int:
     return session.id
 
@@ -301,7 +306,7 @@ def _matches(session: Connection, words: list[str]) -> bool:
             f"{address[0]}:{address[1]}" if address else "",
             "" if principal is None else str(principal)[:80],
             session.transport,
-            "provisional" if session.provisional else "",
+            _state(session),
         )
     ).lower()
     return all(word in text for word in words)
