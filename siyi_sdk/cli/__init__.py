@@ -9,6 +9,10 @@ Subcommands::
     siyi listen URL                  prints each event the server sends as one JSON line
     siyi upload URL FILE             uploads a file; prints what the server stored as JSON
     siyi demo                        a server and two clients in one process, narrated
+    siyi describe URL                the server's AsyncAPI document (or /about: --format about)
+    siyi codegen URL -o FILE         a typed client module generated from that document
+    siyi conformance URL             the conformance suite against a server (--junit, ...)
+    siyi stats URL --key K           the dashboard's figures of a server, once
 
 `call` speaks WebSocket to a ``ws://`` or ``wss://`` URL (one connection attempt, no
 reconnection) and HTTP to an ``http://`` or ``https://`` URL (``POST {URL}/general``).
@@ -22,7 +26,9 @@ reached, the connection dropped, the request timed out) or bad usage; 130 interr
 `upload`, `demo`). `serve` and `listen` run until Ctrl+C (or SIGTERM) and then exit 0.
 
 The package: `parser` (the arguments), `common` (what the subcommands share) and one module
-per subcommand (`serve`, `call`, `listen`, `upload`, `demo`).
+per subcommand (`serve`, `call`, `listen`, `upload`, `demo`, `describe`, `codegen`,
+`conformance`, `stats`). `serve` also takes ``--metrics``, ``--log-format json``,
+``--admin-key`` and ``--conformance``: see ``siyi serve --help``.
 """
 
 from __future__ import annotations
