@@ -321,6 +321,42 @@ class Node:
 NodeFactory = Callable[..., Awaitable[Node]]
 
 
+async def spawn_node(module: str, url: str, prefix: str) -> Node:
+    """Start ``python -m <module> PORT URL PREFIX`` (a node of a deployment over Redis) on a free
+    port and wait for its ``ready`` line."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        str(port),
+        url,
+        prefix,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.stdout is not None
+    line = await wait_for(process.stdout.readline(), 20)
+    assert line.strip() == b"ready", f"the node did not start: {line!r}"
+    return Node(process, port)
+
+
+@contextlib.asynccontextmanager
+async def deployment(
+    module: str, url: str, prefix: str, count: int = 3
+) -> AsyncIterator[list[Node]]:
+    """`count` nodes of `module` sharing the Redis at `url`; every one killed at the end."""
+    started = await asyncio.gather(*(spawn_node(module, url, prefix) for _ in range(count)))
+    try:
+        yield list(started)
+    finally:
+        for node in started:
+            with contextlib.suppress(ProcessLookupError):
+                node.kill()
+            await node.process.wait()
+
+
 @pytest.fixture
 async def start_node() -> AsyncIterator[NodeFactory]:
     """Start `tests.memory_node` processes with ProtocolServer options; killed at the end."""

@@ -7,12 +7,8 @@ three, and marks one that was killed (SIGKILL: no goodbye) down within 5 s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,45 +17,18 @@ import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from .admin_support import READ_KEY, apply_patch, bearer
-from .conftest import Node, free_port, wait_for
+from .conftest import Node, deployment, wait_for
 from .redis_server import RedisServer
 from .test_dashboard_browser import HAVE_BROWSER, browser, shot, wait
 from .test_dashboard_browser import log_in as browser_log_in
 
 __all__ = ["browser"]  # the fixture, shared with the browser tests
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-async def start_node(url: str, prefix: str) -> Node:
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.admin_node",
-        str(port),
-        url,
-        prefix,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert process.stdout is not None
-    line = await wait_for(process.stdout.readline(), 20)
-    assert line.strip() == b"ready", f"the node did not start: {line!r}"
-    return Node(process, port)
-
 
 @pytest.fixture
 async def nodes(redis_server: RedisServer, redis_prefix: str) -> AsyncIterator[list[Node]]:
-    started = await asyncio.gather(*(start_node(redis_server.url, redis_prefix) for _ in range(3)))
-    try:
-        yield list(started)
-    finally:
-        for node in started:
-            with contextlib.suppress(ProcessLookupError):
-                node.kill()
-            await node.process.wait()
+    async with deployment("tests.admin_node", redis_server.url, redis_prefix) as started:
+        yield started
 
 
 async def test_every_node_is_listed_and_a_killed_one_is_marked_down_within_5_s(

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -27,41 +24,14 @@ from siyi_sdk import (
 )
 from siyi_sdk.testing import TcpProxy
 
-from .conftest import WAIT, Inbox, Node, free_port, wait_for, wait_until
+from .conftest import WAIT, Inbox, Node, deployment, wait_for, wait_until
 from .redis_server import RedisServer
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-async def start_node(url: str, prefix: str) -> Node:
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.scaleout_node",
-        str(port),
-        url,
-        prefix,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert process.stdout is not None
-    line = await wait_for(process.stdout.readline(), 20)
-    assert line.strip() == b"ready", f"the node did not start: {line!r}"
-    return Node(process, port)
 
 
 @pytest.fixture
 async def nodes(redis_server: RedisServer, redis_prefix: str) -> AsyncIterator[list[Node]]:
-    started = await asyncio.gather(*(start_node(redis_server.url, redis_prefix) for _ in range(3)))
-    try:
-        yield list(started)
-    finally:
-        for node in started:
-            with contextlib.suppress(ProcessLookupError):
-                node.kill()
-            await node.process.wait()
+    async with deployment("tests.scaleout_node", redis_server.url, redis_prefix) as started:
+        yield started
 
 
 async def instant(delay: float) -> None:
