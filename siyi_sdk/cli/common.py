@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -24,9 +25,12 @@ __all__ = [
     "EXIT_OK",
     "HTTP_SCHEMES",
     "WEBSOCKET_SCHEMES",
+    "NoAnswerError",
     "configure_logging",
     "describe",
+    "get_once",
     "headers",
+    "http_url",
     "one_connection",
     "tell",
     "until_signal",
@@ -118,6 +122,46 @@ def headers(args: argparse.Namespace) -> dict[str, str]:
         args: the parsed arguments (``key``).
     """
     return {"Authorization": f"Bearer {args.key}"} if args.key else {}
+
+
+_HTTP_OF = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
+
+
+class NoAnswerError(Exception):
+    """A GET that got no answer at all (refused, timed out, TLS): the message says why."""
+
+
+def http_url(url: str, path: str) -> str:
+    """The HTTP URL of `path` on the server at `url` (ws:// becomes http://; a prefix is kept).
+
+    Raises:
+        ValueError: the URL's scheme is none of ws, wss, http, https.
+    """
+    parts = urlsplit(url)
+    scheme = _HTTP_OF.get(parts.scheme)
+    if scheme is None:
+        raise ValueError(f"{url!r}: use a ws://, wss://, http:// or https:// URL")
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, "", ""))
+
+
+async def get_once(args: argparse.Namespace, target: str) -> tuple[int, bytes]:
+    """GET `target` with the subcommand's ``--key``, ``--timeout`` and TLS options.
+
+    Returns:
+        The HTTP status and the body.
+
+    Raises:
+        NoAnswerError: no answer (the message names `target` and why).
+    """
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, headers=headers(args)) as http,
+            http.get(target, ssl=args.tls if args.tls is not None else True) as reply,
+        ):
+            return reply.status, await reply.read()
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise NoAnswerError(f"no answer from {target}: {describe(exc, args.timeout)}") from None
 
 
 def client_for(args: argparse.Namespace) -> ProtocolClient:

@@ -6,17 +6,23 @@ import argparse
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 
 from ..server.asyncapi import ASYNCAPI_PATH
-from .common import EXIT_ERROR_RESPONSE, EXIT_NO_ANSWER, EXIT_OK, describe, emit, headers, tell
+from .common import (
+    EXIT_ERROR_RESPONSE,
+    EXIT_NO_ANSWER,
+    EXIT_OK,
+    NoAnswerError,
+    emit,
+    get_once,
+    http_url,
+    tell,
+)
 
 __all__ = ["DescriptionError", "add_describe_parser", "fetch_description", "run_describe"]
 
-_SCHEMES = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
 _PATHS = {"asyncapi": ASYNCAPI_PATH, "about": "/about"}
 
 
@@ -43,12 +49,7 @@ def description_url(url: str, kind: str) -> str:
     Raises:
         ValueError: the URL's scheme is none of ws, wss, http, https.
     """
-    parts = urlsplit(url)
-    scheme = _SCHEMES.get(parts.scheme)
-    if scheme is None:
-        raise ValueError(f"{url!r}: use a ws://, wss://, http:// or https:// URL")
-    path = parts.path.rstrip("/") + _PATHS[kind]
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
+    return http_url(url, _PATHS[kind])
 
 
 async def fetch_description(args: argparse.Namespace, kind: str) -> dict[str, Any]:
@@ -66,18 +67,10 @@ async def fetch_description(args: argparse.Namespace, kind: str) -> dict[str, An
         target = description_url(args.url, kind)
     except ValueError as exc:
         raise DescriptionError(str(exc), EXIT_NO_ANSWER) from None
-    timeout = aiohttp.ClientTimeout(total=args.timeout)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout, headers=headers(args)) as http,
-            http.get(target, ssl=args.tls if args.tls is not None else True) as reply,
-        ):
-            body = await reply.read()
-            status = reply.status
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise DescriptionError(
-            f"no answer from {target}: {describe(exc, args.timeout)}", EXIT_NO_ANSWER
-        ) from None
+        status, body = await get_once(args, target)
+    except NoAnswerError as exc:
+        raise DescriptionError(str(exc), EXIT_NO_ANSWER) from None
     if status == 401:
         raise DescriptionError(
             "the server refused the key (HTTP 401): pass the right one with --key",

@@ -7,16 +7,21 @@ import logging
 import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 
-from .common import EXIT_ERROR_RESPONSE, EXIT_NO_ANSWER, EXIT_OK, describe, emit, headers, tell
+from .common import (
+    EXIT_ERROR_RESPONSE,
+    EXIT_NO_ANSWER,
+    EXIT_OK,
+    NoAnswerError,
+    emit,
+    get_once,
+    http_url,
+    tell,
+)
 
 __all__ = ["add_stats_parser", "format_stats", "run_stats", "stats_url"]
-
-_SCHEMES = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
 
 
 def stats_url(url: str, admin_path: str) -> str:
@@ -25,12 +30,7 @@ def stats_url(url: str, admin_path: str) -> str:
     Raises:
         ValueError: the URL's scheme is none of ws, wss, http, https.
     """
-    parts = urlsplit(url)
-    scheme = _SCHEMES.get(parts.scheme)
-    if scheme is None:
-        raise ValueError(f"{url!r}: use an http://, https://, ws:// or wss:// URL")
-    path = parts.path.rstrip("/") + "/" + admin_path.strip("/") + "/api/stats"
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
+    return http_url(url, "/" + admin_path.strip("/") + "/api/stats")
 
 
 def _rate(value: Any) -> str:
@@ -93,16 +93,10 @@ async def run_stats(args: argparse.Namespace) -> int:
     except ValueError as exc:
         tell(args, str(exc))
         return EXIT_NO_ANSWER
-    timeout = aiohttp.ClientTimeout(total=args.timeout)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout, headers=headers(args)) as http,
-            http.get(target, ssl=args.tls if args.tls is not None else True) as reply,
-        ):
-            body = await reply.read()
-            status = reply.status
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        tell(args, f"no answer from {target}: {describe(exc, args.timeout)}")
+        status, body = await get_once(args, target)
+    except NoAnswerError as exc:
+        tell(args, str(exc))
         return EXIT_NO_ANSWER
     if status == 401:
         tell(args, "the dashboard refused the key (HTTP 401): pass a dashboard key with --key")
