@@ -328,18 +328,8 @@ class Peer:
             RequestTimeoutError: no Response within `timeout` (an `asyncio.TimeoutError`).
             ValueError: a request with the same id is already in flight here.
         """
-        if self.closed:
-            raise NotConnectedError(f"{self.label}: the connection is closed")
+        future, timeout = self._expect(request, timeout)
         rid = request.id
-        if rid in self._pending:
-            raise ValueError(f"a request with id {rid!r} is already in flight")
-        timeout = stamp(request, timeout)  # the receiver holds the same deadline (§9)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Response] = loop.create_future()
-        self._pending[rid] = future
-        if timeout is not None:
-            # Not a timer per request: this is the client's hot path.
-            (self._expiry or self._start_expiry()).add(future, timeout)
         try:
             data = encode(request)
             if self._coalesce and self.can_send_at_once(len(data)):
@@ -358,9 +348,32 @@ class Peer:
         finally:
             del self._pending[rid]
 
-    def _start_expiry(self) -> Expiry:
-        expiry = self._expiry = Expiry()
-        return expiry
+    def _expect(
+        self, request: Request, timeout: float | None
+    ) -> tuple[asyncio.Future[Response], float | None]:
+        """Register `request` as awaiting its Response: the future, and the time limit kept.
+
+        The timeout is capped by the current budget and stamped as ``meta.timeout`` (§9).
+
+        Raises:
+            NotConnectedError: the connection is closed.
+            ValueError: a request with the same id is already in flight here.
+        """
+        if self.closed:
+            raise NotConnectedError(f"{self.label}: the connection is closed")
+        rid = request.id
+        if rid in self._pending:
+            raise ValueError(f"a request with id {rid!r} is already in flight")
+        timeout = stamp(request, timeout)  # the receiver holds the same deadline (§9)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        if timeout is not None:
+            # Not a timer per request (the client's hot path): one for all of them.
+            expiry = self._expiry
+            if expiry is None:
+                expiry = self._expiry = Expiry()  # made for the first timed request
+            expiry.add(future, timeout)
+        return future, timeout
 
     def withdraw(self, request_id: str) -> None:
         """Send ``siyi.cancel`` for a request this side sent (§10), without waiting for it.
@@ -398,19 +411,10 @@ class Peer:
             RequestTimeoutError: the stream did not end within `timeout`.
             ConnectionClosedError: the connection dropped before the stream ended.
         """
-        if self.closed:
-            raise NotConnectedError(f"{self.label}: the connection is closed")
+        future, timeout = self._expect(request, timeout)
         rid = request.id
-        if rid in self._pending:
-            raise ValueError(f"a request with id {rid!r} is already in flight")
-        timeout = stamp(request, timeout)
         request.meta = {**(request.meta or {}), "window": window}
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Response] = loop.create_future()
         inbox = self._streams[rid] = Inbox(future)
-        self._pending[rid] = future
-        if timeout is not None:
-            (self._expiry or self._start_expiry()).add(future, timeout)
         batch = max(1, window // 2)
         acked = consumed = -1
         finished = False
