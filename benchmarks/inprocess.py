@@ -49,6 +49,12 @@ class _NullSocket:
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         return True
 
+    async def ping(self, message: bytes = b"") -> None:
+        return None
+
+    async def pong(self, message: bytes = b"") -> None:
+        return None
+
 
 class _PassThrough(ResponseCache):
     """No at-most-once: every request runs."""

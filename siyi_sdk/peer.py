@@ -36,6 +36,7 @@ from .errors import (
 )
 from .expiry import Expired, Expiry
 from .frames import text_frames
+from .liveness import Liveness
 from .logs import SessionTagged, call_extra
 from .outcome import encode_response, start_task
 from .packets import (
@@ -96,6 +97,10 @@ class WebSocketLike(Protocol):
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
 
+    async def ping(self, message: bytes = b"") -> None: ...
+
+    async def pong(self, message: bytes = b"") -> None: ...
+
 
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
@@ -140,6 +145,10 @@ class Peer:
             only with a `transport`, where this peer writes frames itself.
         session: the session this socket serves, for the log lines about its calls (its
             hashed key: `logs.call_extra`).
+        heartbeat: seconds between this side's pings (`liveness.Liveness`): a connection
+            that answers nothing within half an interval is cut (close code 1006). None: no
+            pings of its own. Either way this peer answers the other side's pings: give it a
+            WebSocket made with ``autoping=False`` and no ``heartbeat`` of aiohttp's.
     """
 
     # Slots, not a __dict__: a server holds one Peer per open WebSocket (~1.5 KiB less each).
@@ -151,11 +160,13 @@ class Peer:
         "_closer",
         "_closing",
         "_coalesce",
+        "_dead",
         "_drainer",
         "_event_worker",
         "_events",
         "_expiry",
         "_last_write",
+        "_liveness",
         "_masked",
         "_max_in_flight",
         "_max_message_size",
@@ -164,6 +175,7 @@ class Peer:
         "_on_request",
         "_on_response",
         "_pending",
+        "_pongs",
         "_room",
         "_streams",
         "_transport",
@@ -197,8 +209,22 @@ class Peer:
         on_control: Callable[[Event], None] | None = None,
         masked: bool = False,
         session: SessionTagged | None = None,
+        heartbeat: float | None = None,
     ) -> None:
         self._ws = ws
+        self._liveness = (
+            None
+            if heartbeat is None
+            else Liveness(
+                heartbeat,
+                heard=self._heard,
+                ping=ws.ping,
+                on_dead=self._on_dead,
+                label=label,
+            )
+        )
+        self._pongs = 0  # pings and pongs read: not frames of the stats (`received`)
+        self._dead = False  # cut by the heartbeat
         self._on_control = on_control
         self._streams: dict[str, Inbox] = {}
         # Made for the first one: an idle connection's empty set would cost 216 bytes.
@@ -265,8 +291,8 @@ class Peer:
 
     @property
     def close_code(self) -> int | None:
-        """The WebSocket close code, once closed."""
-        return self._ws.close_code
+        """The WebSocket close code, once closed (1006 when the heartbeat cut it)."""
+        return 1006 if self._dead else self._ws.close_code
 
     @property
     def outbox_bytes(self) -> int:
@@ -503,6 +529,8 @@ class Peer:
         writable = self._writable
         max_events = self.max_pending_events
         max_outbox = self.max_outbox_bytes
+        if self._liveness is not None:
+            self._liveness.start()
         try:
             if first is not None:
                 await self._on_frame(first)
@@ -524,6 +552,11 @@ class Peer:
                         await self._refuse_oversized(len(data))
                         break
                     await self._on_frame(data)
+                elif kind is WSMsgType.PING:
+                    self._pongs += 1
+                    await ws.pong(msg.data)
+                elif kind is WSMsgType.PONG:
+                    self._pongs += 1
                 elif kind in (
                     WSMsgType.CLOSE,
                     WSMsgType.CLOSING,
@@ -537,6 +570,8 @@ class Peer:
                     break
         finally:
             self._closed = True
+            if self._liveness is not None:
+                self._liveness.stop()
             if self._expiry is not None:
                 self._expiry.clear()
             code = ws.close_code
@@ -548,6 +583,17 @@ class Peer:
                             "before the response came"
                         )
                     )
+
+    def _heard(self) -> int:
+        return self.received + self._pongs
+
+    def _on_dead(self) -> None:
+        # No answer to a ping: nothing to say goodbye to. Cutting the connection ends `run`.
+        self._dead = True
+        if self._writable is not None:
+            self._writable.abort()
+        else:
+            self.shut(1011, "no answer to a ping", timeout=1.0)
 
     def _wake(self) -> None:
         room = self._room

@@ -125,3 +125,74 @@ async def test_client_heartbeat_drops_a_server_that_stops_answering(
         assert time.monotonic() - opened < DEADLINE
     finally:
         release.set()
+
+
+async def test_the_server_answers_a_peers_ping_and_a_busy_peer_is_kept(
+    make_server: ServerFactory,
+) -> None:
+    """The server answers pings itself (no aiohttp autoping), and traffic counts as an answer."""
+    server = await make_server(heartbeat_interval=INTERVAL)
+    server.on_request(echo)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(ws_url(server), autoping=False, heartbeat=None) as ws,
+    ):
+        greeting = await wait_for(ws.receive())
+        assert greeting.type is aiohttp.WSMsgType.TEXT
+        await ws.ping(b"are you there")
+        seen_pong = False
+        deadline = time.monotonic() + 3 * INTERVAL
+        # Never answering the server's pings, but busy: each request read proves it alive.
+        while time.monotonic() < deadline:
+            await ws.send_str(Request(command="echo", params={"n": 1}).model_dump_json())
+            while True:
+                msg = await wait_for(ws.receive())
+                if msg.type is aiohttp.WSMsgType.PONG:
+                    assert msg.data == b"are you there"
+                    seen_pong = True
+                elif msg.type is aiohttp.WSMsgType.TEXT:
+                    break
+                else:
+                    assert msg.type is aiohttp.WSMsgType.PING, msg
+        assert seen_pong
+        assert not ws.closed
+        assert len(server.connections) == 1
+
+
+async def test_the_client_answers_a_servers_ping_and_reports_1006_when_cut(
+    make_raw_server: RawServerFactory, make_client: ClientFactory
+) -> None:
+    """The client answers pings itself; one the heartbeat cuts is logged as code 1006."""
+    pongs: asyncio.Queue[bytes] = asyncio.Queue()
+    release = asyncio.Event()
+
+    async def pinging(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        await ws.ping(b"before the greeting")  # read by the client's greeting reader
+        await greet(ws)
+        await ws.ping(b"after")
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.PONG:
+                pongs.put_nowait(msg.data)
+                if pongs.qsize() == 2:
+                    break
+        await release.wait()  # then never reads again: the client's pings go unanswered
+        return ws
+
+    url = await make_raw_server(pinging)
+    lost = asyncio.Event()
+
+    async def no_reconnect(delay: float) -> None:
+        lost.set()
+        await asyncio.Event().wait()
+
+    try:
+        client = await make_client(url, heartbeat_interval=INTERVAL, sleep=no_reconnect)
+        assert await wait_for(pongs.get()) == b"before the greeting"
+        assert await wait_for(pongs.get()) == b"after"
+        await wait_for(lost.wait())
+        assert not client.is_connected
+        assert "code 1006" in str(client.last_error)
+    finally:
+        release.set()

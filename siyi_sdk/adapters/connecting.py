@@ -94,16 +94,17 @@ async def open_websocket(
     url: str,
     *,
     headers: dict[str, str],
-    heartbeat: float | None,
     max_message_size: int,
 ) -> aiohttp.ClientWebSocketResponse:
     """The upgrade to a WebSocket at `url` (no timeout of its own: the caller bounds it).
+
+    Pings are left to the `Peer` that reads it (its ``heartbeat``): no aiohttp heartbeat,
+    no automatic pong.
 
     Args:
         http: the HTTP session to connect with.
         url: the server's WebSocket URL.
         headers: the upgrade request's headers (key, session).
-        heartbeat: seconds between the client's own pings (None: only answer the server's).
         max_message_size: the largest frame accepted from the server.
 
     Raises:
@@ -115,12 +116,11 @@ async def open_websocket(
     try:
         return await http.ws_connect(
             url,
-            heartbeat=heartbeat,
             # aiohttp refuses a frame of exactly max_msg_size; the limit is allowed.
             max_msg_size=max_message_size + 1,
             headers=headers,
             autoclose=True,
-            autoping=True,
+            autoping=False,
         )
     except aiohttp.ClientConnectorCertificateError as exc:
         raise certificate_error(exc, url) from exc
@@ -157,6 +157,9 @@ async def read_greeting(
     first: str | bytes | None = None
     try:
         msg = await ws.receive()
+        while msg.type is aiohttp.WSMsgType.PING:  # no autoping: the Peer answers later ones
+            await ws.pong(msg.data)
+            msg = await ws.receive()
         if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
             first = msg.data
             if take_session_event(first, session, name):

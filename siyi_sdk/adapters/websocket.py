@@ -305,7 +305,6 @@ class WebSocketAdapter(Adapter):
                 self._http,
                 self.url,
                 headers=self._upgrade_headers(),
-                heartbeat=self.heartbeat_interval,
                 max_message_size=self.max_message_size,
             )
             first = await read_greeting(ws, self.session, self.name)
@@ -320,6 +319,7 @@ class WebSocketAdapter(Adapter):
             transport=_transport_of(ws),
             masked=True,
             session=self.session,
+            heartbeat=self.heartbeat_interval,
         )
         return peer, first
 

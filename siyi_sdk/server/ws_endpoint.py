@@ -47,10 +47,11 @@ class WebSocketEndpoint:
         """The aiohttp handler of the WebSocket path."""
         settings = self.settings
         ws = web.WebSocketResponse(
-            heartbeat=settings.heartbeat_interval,
             # aiohttp refuses a frame of exactly max_msg_size: the limit itself is allowed.
             max_msg_size=settings.max_message_size + 1,
-            autoping=True,
+            # The Peer pings and answers pings itself (`liveness`): aiohttp's heartbeat costs
+            # a callback per read.
+            autoping=False,
             protocols=(SUBPROTOCOL,),
         )
         if not ws.can_prepare(request).ok:
@@ -89,6 +90,7 @@ class WebSocketEndpoint:
                 transport=request.transport,
                 max_message_size=settings.max_message_size,
                 session=session,
+                heartbeat=settings.heartbeat_interval,
             ),
         )
         return ws
