@@ -121,7 +121,9 @@ async def _feed(
         if meta is not None:
             packet["meta"] = meta
         frame = orjson.dumps(packet)
-        await peer._on_frame(frame)
+        rest = peer._on_frame(frame)
+        if rest is not None:
+            await rest
         if i % 64 == 63:
             await asyncio.sleep(0)  # as a socket read would: let the handlers run
     while peer.handling:

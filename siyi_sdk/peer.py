@@ -167,6 +167,7 @@ class Peer:
         "_expiry",
         "_last_write",
         "_liveness",
+        "_low_water",
         "_masked",
         "_max_in_flight",
         "_max_message_size",
@@ -236,6 +237,8 @@ class Peer:
         # batched and written together (`_flush`) where this peer can write its own frames: a
         # known transport and no compression.
         self._coalesce = self._writable is not None and not getattr(ws, "compress", True)
+        # Below this many bytes in the socket's buffer a send never waits (`can_send_at_once`).
+        self._low_water = self._writable.get_write_buffer_limits()[0] if self._writable else 0
         self._masked = masked
         self.session = session
         self._batch: list[bytes] | None = None
@@ -358,7 +361,13 @@ class Peer:
         rid = request.id
         try:
             data = encode(request)
-            if self._coalesce and self.can_send_at_once(len(data)):
+            writable = self._writable
+            # `can_send_at_once`, inline: every request passes here.
+            if (
+                self._coalesce
+                and writable is not None
+                and writable.get_write_buffer_size() + len(data) < self._low_water
+            ):
                 self._queue(data)  # written with the others of this turn of the loop
             else:
                 await self.send_raw(data)
@@ -532,8 +541,8 @@ class Peer:
         if self._liveness is not None:
             self._liveness.start()
         try:
-            if first is not None:
-                await self._on_frame(first)
+            if first is not None and (rest := self._on_frame(first)) is not None:
+                await rest
             while True:
                 # Bounded memory (§4): read nothing more while the handler is behind or the
                 # other side does not read what it is sent. Two comparisons per frame.
@@ -551,7 +560,9 @@ class Peer:
                     if limit is not None and len(data) * 4 > limit and _over(data, limit):
                         await self._refuse_oversized(len(data))
                         break
-                    await self._on_frame(data)
+                    rest = self._on_frame(data)
+                    if rest is not None:
+                        await rest
                 elif kind is WSMsgType.PING:
                     self._pongs += 1
                     await ws.pong(msg.data)
@@ -663,7 +674,12 @@ class Peer:
             self._flush()
         await self._ws.close(code=1009, message=b"message too big")
 
-    async def _on_frame(self, raw: str | bytes) -> None:
+    def _on_frame(self, raw: str | bytes) -> Awaitable[None] | None:
+        """Take one frame: None when it is dealt with, else what is left to await (a send).
+
+        Not a coroutine: the frames of the hot path (an answer to match, a request answered
+        at once, an event to queue) cost no coroutine of their own.
+        """
         try:
             packet = parse_message(raw)
         except ProtocolError as exc:
@@ -686,13 +702,12 @@ class Peer:
                 waiting = self._pending.get(exc.packet_id)
                 if waiting is not None and not waiting.done():
                     waiting.set_exception(exc)
-            await self._send_quietly(encode(Response.fail(exc.packet_id, str(exc), exc.code)))
-            return
+            return self._send_quietly(encode(Response.fail(exc.packet_id, str(exc), exc.code)))
         if type(packet) is Response:
             future = self._pending.get(packet.id) if packet.id is not None else None
             if future is None or future.done():
                 if self._on_response is not None and self._on_response(packet):
-                    return
+                    return None
                 logger.debug(
                     "%s: dropping a response that matches nothing: %r",
                     self.label,
@@ -714,7 +729,7 @@ class Peer:
                         self._max_in_flight,
                         extra=call_extra(packet, self.session, "websocket"),
                     )
-                await self._send_quietly(
+                return self._send_quietly(
                     encode(
                         Response.fail(
                             packet.id,
@@ -723,7 +738,6 @@ class Peer:
                         )
                     )
                 )
-                return
             answer = self._on_request(packet)
             if type(answer) is bytes:
                 # Answered at once: no task, no trip through the event loop. On a server socket
@@ -731,18 +745,10 @@ class Peer:
                 # when the reader next waits: one system call for a burst, not one per answer.
                 if self._coalesce:
                     self._queue(answer)
-                    return
-                if not self.closed:
-                    try:
-                        self.sent += FRAME_UNIT + len(answer)
-                        await self._ws.send_frame(answer, _TEXT)
-                    except ConnectionError:
-                        logger.debug(
-                            "%s: an answer was lost: the connection dropped",
-                            self.label,
-                            extra=call_extra(packet, self.session, "websocket"),
-                        )
-                return
+                    return None
+                if self.closed:
+                    return None
+                return self._send_answer(answer, packet)
             assert not isinstance(answer, bytes)
             task = start_task(self._answer(answer))
             if task is not None:
@@ -752,12 +758,24 @@ class Peer:
             assert type(packet) is Event
             if is_reserved(packet.name):
                 self._on_reserved(packet)
-                return
+                return None
             if self._events is None:
                 self._events = deque()
             self._events.append(packet)
             if self._event_worker is None:
                 self._event_worker = asyncio.create_task(self._drain_events())
+        return None
+
+    async def _send_answer(self, answer: bytes, request: Request) -> None:
+        try:
+            self.sent += FRAME_UNIT + len(answer)
+            await self._ws.send_frame(answer, _TEXT)
+        except ConnectionError:
+            logger.debug(
+                "%s: an answer was lost: the connection dropped",
+                self.label,
+                extra=call_extra(request, self.session, "websocket"),
+            )
 
     def _queue(self, frame: bytes) -> None:
         """Send `frame` now, or with the frames that follow it closely, in one write.
