@@ -10,6 +10,8 @@ kept beside the models, a change to one is made in sight of the other.
 
 from __future__ import annotations
 
+import itertools
+import os
 from enum import IntEnum
 from random import getrandbits as _getrandbits
 from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar
@@ -75,18 +77,32 @@ class StatusCode(IntEnum):
     UNAVAILABLE = 503
 
 
-# The version (4) and variant (RFC 4122) bits of a UUID4, over 128 random bits.
-_UUID4_KEEP = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
-_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+def _id_prefix() -> str:
+    return f"{_getrandbits(64):016x}-"
+
+
+_id_prefix_now = _id_prefix()
+_id_counter = itertools.count(1)
+
+
+def _fresh_ids() -> None:
+    # A forked child must not repeat its parent's ids.
+    global _id_prefix_now, _id_counter
+    _id_prefix_now = _id_prefix()
+    _id_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_fresh_ids)
 
 
 def new_id() -> str:
-    """Return a fresh packet id (a UUID4 string)."""
-    # Packet ids must be unique, not secret (the server binds them to their sender), so they
-    # come from `random` (reseeded in a forked child) rather than a system call per packet:
-    # the same string as str(uuid.uuid4()), 5x faster.
-    h = f"{_getrandbits(128) & _UUID4_KEEP | _UUID4_SET:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """Return a fresh packet id: 64 random bits for this process, then a counter.
+
+    For example ``"3f9a1c0de2b74a55-1f"``. Unique, not secret: the server binds ids to their
+    sender (PROTOCOL.md §6), so a guessable counter costs nothing, and it is several times
+    cheaper than a UUID4 on every packet sent.
+    """
+    return f"{_id_prefix_now}{next(_id_counter):x}"
 
 
 _setattr = object.__setattr__
