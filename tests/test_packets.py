@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
+import warnings
 from typing import Any
 
 import pydantic
@@ -41,6 +43,34 @@ def test_request_generates_a_uuid4_id() -> None:
     assert first.id != second.id
     assert first.type == "request"
     assert second.params is None
+
+
+def test_new_ids_are_unique_uuid4s_and_a_forked_child_makes_its_own() -> None:
+    from siyi_sdk.packets import new_id
+
+    ids = [new_id() for _ in range(100_000)]
+    assert len(set(ids)) == len(ids)
+    for made in (ids[0], ids[-1]):
+        parsed = uuid.UUID(made)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == made
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        # 3.12+ warns about forking a process with threads; the child only makes ids.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: its ids must not be the parent's next ones
+        os.write(write, ",".join(new_id() for _ in range(1000)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode().split(",")
+    parent = [new_id() for _ in range(1000)]
+    assert len(child) == 1000
+    assert not set(child) & set(parent)
+    assert child[0].rsplit("-", 2)[0] != parent[0].rsplit("-", 2)[0]  # its own prefix
 
 
 def test_request_keeps_a_given_id() -> None:

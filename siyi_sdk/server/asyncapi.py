@@ -166,7 +166,7 @@ def _envelopes() -> dict[str, Any]:
         "type": "string",
         "minLength": 1,
         "maxLength": 128,
-        "description": "unique per sender while in flight (by default 64 random bits per process and a counter)",
+        "description": "unique per sender while in flight (a UUID4 by default)",
     }
     codes: list[dict[str, Any]] = [
         {"const": int(code), "title": code.name, "description": STATUS_TEXT[code]}
