@@ -596,6 +596,10 @@ class Peer:
                     )
 
     def _heard(self) -> int:
+        if self._room is not None and self._events and self.outbox_bytes <= self.max_outbox_bytes:
+            # The reader is held back by this side's own event handler (§4), not by silence
+            # of the other side, whose pongs wait unread behind the events: not a dead peer.
+            self._pongs += 1
         return self.received + self._pongs
 
     def _on_dead(self) -> None:

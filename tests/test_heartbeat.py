@@ -21,6 +21,7 @@ from tests.conftest import (
     ServerFactory,
     greet,
     wait_for,
+    wait_until,
     ws_url,
 )
 
@@ -196,3 +197,34 @@ async def test_the_client_answers_a_servers_ping_and_reports_1006_when_cut(
         assert "code 1006" in str(client.last_error)
     finally:
         release.set()
+
+
+async def test_a_peer_held_back_by_the_servers_own_event_handler_is_not_taken_for_dead(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    """§4 pauses reading while events wait for a slow handler; the pongs wait unread too."""
+    server = await make_server(heartbeat_interval=INTERVAL, max_pending_events=2)
+    server.on_request(echo)
+    release = asyncio.Event()
+    handled: list[object] = []
+    disconnected: asyncio.Queue[Connection] = asyncio.Queue()
+    server.on_disconnect(disconnected.put_nowait)
+
+    async def slow(connection: Connection, event: object) -> None:
+        await release.wait()
+        handled.append(event)
+
+    server.on_event(slow)
+    client = await make_client(ws_url(server), heartbeat_interval=None)
+    for n in range(6):
+        await client.send_event("tick", {"n": n})
+    # Well past 1.5 intervals with the reader paused: the heartbeat must not cut it. (A
+    # sleep, as nothing is to happen: the test is that no disconnect comes meanwhile.)
+    await asyncio.sleep(4 * INTERVAL)
+    assert disconnected.empty()
+    assert client.is_connected
+    release.set()
+    response = await client.send_request("echo", {"after": "the pause"})
+    assert response.data == {"after": "the pause"}
+    await wait_until(lambda: len(handled) == 6)
+    assert disconnected.empty()
