@@ -129,6 +129,11 @@ def budget(timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+def capped(timeout: float | None) -> float | None:
+    """`budget`, in one context-variable read when no handler's budget applies (the usual)."""
+    return timeout if _deadline.get() is None else budget(timeout)
+
+
 @contextmanager
 def within(timeout: float | None) -> Iterator[None]:
     """Bound the budget of what is sent inside the block to `timeout` seconds from now.
@@ -154,8 +159,7 @@ def stamp(request: Request, timeout: float | None) -> float | None:
     Returns:
         The timeout to wait for the answer with (None: no limit).
     """
-    if _deadline.get() is not None:
-        timeout = budget(timeout)
+    timeout = capped(timeout)
     if timeout is not None:
         meta = request.meta
         # A new dict: the caller's own (a middleware's, a reused packet's) is not changed.

@@ -82,12 +82,20 @@ class ProtocolClient(WebSocketAdapter):
             ConnectionClosedError: the connection dropped before the Response came.
             RequestTimeoutError: no Response in time (an `asyncio.TimeoutError`).
         """
-        request = Request.make(command, params)
         peer = self._peer
-        if peer is None or self._middleware or type(self).send_packet is not _SEND_PACKET:
-            return await self.send_packet(request, timeout=timeout)
-        # What send_packet does, without its two hops: the common call, on the hot path.
-        return await peer.request(request, self.request_timeout if timeout is None else timeout)
+        if (
+            peer is None
+            or self._middleware
+            or type(self).send_packet is not _SEND_PACKET
+            or type(command) is not str
+            or not command
+            or (params is not None and type(params) is not dict)
+        ):
+            return await self.send_packet(Request.make(command, params), timeout=timeout)
+        # What send_packet does with the Request, without building it and without its two
+        # hops: the common call, on the hot path (no middleware sees it, none is installed).
+        limit = self.request_timeout if timeout is None else timeout
+        return await peer.call(command, params, limit)
 
     def stream(
         self,

@@ -504,6 +504,22 @@ def encode_event(id: str, name: str, data: Any) -> bytes:
     return orjson.dumps({"id": id, "type": "event", "name": name, "data": data}, default=_default)
 
 
+def encode_request(
+    id: str, command: str, params: dict[str, Any] | None, meta: dict[str, Any] | None
+) -> bytes:
+    """Encode a Request without building the model (the client's calls): as `encode` does.
+
+    Raises:
+        TypeError: when `params` is not JSON-serialisable.
+    """
+    obj: dict[str, Any] = {"id": id, "type": "request", "command": command}
+    if params is not None:
+        obj["params"] = params
+    if meta:
+        obj["meta"] = meta
+    return orjson.dumps(obj, default=_default)
+
+
 def encode(packet: Packet) -> bytes:
     """Encode a packet as the UTF-8 JSON bytes of one frame.
 
@@ -526,9 +542,7 @@ def encode(packet: Packet) -> bytes:
         else:
             obj["error"] = packet.error
     elif isinstance(packet, Request):
-        obj = {"id": packet.id, "type": "request", "command": packet.command}
-        if packet.params is not None:
-            obj["params"] = packet.params
+        return encode_request(packet.id, packet.command, packet.params, packet.meta)
     else:
         obj = {"id": packet.id, "type": "event", "name": packet.name, "data": packet.data}
     meta = packet.meta

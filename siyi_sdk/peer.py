@@ -26,7 +26,16 @@ from typing import Any, Protocol
 
 from aiohttp import WSMsgType
 
-from .calls import ACK_EVENT, CHUNK_EVENT, Inbox, cancel_packet, is_reserved, stamp, unanswered
+from .calls import (
+    ACK_EVENT,
+    CHUNK_EVENT,
+    Inbox,
+    cancel_packet,
+    capped,
+    is_reserved,
+    stamp,
+    unanswered,
+)
 from .errors import (
     ConnectionClosedError,
     NotConnectedError,
@@ -47,6 +56,7 @@ from .packets import (
     StatusCode,
     encode,
     encode_event,
+    encode_request,
     new_id,
     parse_message,
 )
@@ -341,8 +351,8 @@ class Peer:
         except ConnectionError as exc:
             raise ConnectionClosedError(f"{self.label}: the connection dropped: {exc}") from exc
 
-    async def request(self, request: Request, timeout: float | None) -> Response:
-        """Send a Request and wait for its Response.
+    def request(self, request: Request, timeout: float | None) -> Awaitable[Response]:
+        """Send a Request and wait for its Response (await what this returns).
 
         Args:
             request: the Request; its id must not be in flight already.
@@ -358,24 +368,47 @@ class Peer:
             ValueError: a request with the same id is already in flight here.
         """
         future, timeout = self._expect(request, timeout)
-        rid = request.id
+        return self._ask(request.id, request.command, encode(request), future, timeout)
+
+    def call(
+        self, command: str, params: dict[str, Any] | None, timeout: float | None
+    ) -> Awaitable[Response]:
+        """`request` of a new Request for `command`, without building its model.
+
+        The client's common call: the frame is encoded straight from the arguments (checked by
+        the caller as `Request.make` checks them). Same result and errors as `request`.
+        """
+        timeout = capped(timeout)  # the receiver holds the same deadline (§9)
+        rid = new_id()
+        future = self._register(rid, timeout)
+        frame = encode_request(
+            rid, command, params, None if timeout is None else {"timeout": timeout}
+        )
+        return self._ask(rid, command, frame, future, timeout)
+
+    async def _ask(
+        self,
+        rid: str,
+        command: str,
+        frame: bytes,
+        future: asyncio.Future[Response],
+        timeout: float | None,
+    ) -> Response:
+        """Send the frame of a registered request; its Response, or the error that ends it."""
         try:
-            data = encode(request)
             writable = self._writable
             # `can_send_at_once`, inline: every request passes here.
             if (
                 self._coalesce
                 and writable is not None
-                and writable.get_write_buffer_size() + len(data) < self._low_water
+                and writable.get_write_buffer_size() + len(frame) < self._low_water
             ):
-                self._queue(data)  # written with the others of this turn of the loop
+                self._queue(frame)  # written with the others of this turn of the loop
             else:
-                await self.send_raw(data)
+                await self.send_raw(frame)
             return await future
         except Expired:
-            raise RequestTimeoutError(
-                f"no response to {request.command!r} within {timeout:g} s"
-            ) from None
+            raise RequestTimeoutError(f"no response to {command!r} within {timeout:g} s") from None
         except asyncio.CancelledError:
             if unanswered(future):
                 self.withdraw(rid)
@@ -394,12 +427,20 @@ class Peer:
             NotConnectedError: the connection is closed.
             ValueError: a request with the same id is already in flight here.
         """
-        if self.closed:
+        self._check_open(request.id)
+        timeout = stamp(request, timeout)  # the receiver holds the same deadline (§9)
+        return self._register(request.id, timeout), timeout
+
+    def _check_open(self, rid: str) -> None:
+        if self._closed or self._ws.closed:
             raise NotConnectedError(f"{self.label}: the connection is closed")
-        rid = request.id
         if rid in self._pending:
             raise ValueError(f"a request with id {rid!r} is already in flight")
-        timeout = stamp(request, timeout)  # the receiver holds the same deadline (§9)
+
+    def _register(self, rid: str, timeout: float | None) -> asyncio.Future[Response]:
+        """The future of request `rid`'s Response, failed with `Expired` after `timeout`."""
+        if rid in self._pending or self._closed or self._ws.closed:
+            self._check_open(rid)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         if timeout is not None:
@@ -408,7 +449,7 @@ class Peer:
             if expiry is None:
                 expiry = self._expiry = Expiry()  # made for the first timed request
             expiry.add(future, timeout)
-        return future, timeout
+        return future
 
     def withdraw(self, request_id: str) -> None:
         """Send ``siyi.cancel`` for a request this side sent (§10), without waiting for it.

@@ -4,13 +4,28 @@ as masked frames the server reads like aiohttp's own; one timer keeps every requ
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
+import uuid
 
+import pydantic
 import pytest
+from aiohttp import web
 
-from siyi_sdk import Connection, ProtocolClient, ProtocolServer, RequestTimeoutError
+from siyi_sdk import (
+    CallNext,
+    ClientCall,
+    Connection,
+    NotConnectedError,
+    ProtocolClient,
+    ProtocolServer,
+    RequestTimeoutError,
+    Response,
+)
+from siyi_sdk.calls import within
 from siyi_sdk.expiry import Expired, Expiry
 from siyi_sdk.frames import text_frames
+from tests.conftest import RawServerFactory, greet
 
 
 def _read_frames(data: bytes) -> list[tuple[bool, bytes]]:
@@ -139,3 +154,60 @@ async def test_expiry_forgets_answered_futures_so_memory_follows_what_waits() ->
     expiry.clear()
     assert expiry.size == 0
     assert not any(future.done() for future in waiting)
+
+
+async def test_the_direct_call_sends_what_the_request_model_would(
+    make_raw_server: RawServerFactory,
+) -> None:
+    """`send_request` without middleware skips the Request model: the frames must not differ."""
+    frames: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+
+    async def answering(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await greet(ws)
+        async for msg in ws:
+            packet = json.loads(msg.data)
+            frames.put_nowait(packet)
+            await ws.send_str(json.dumps(Response.success(packet["id"], data=1).model_dump()))
+        return ws
+
+    url = await make_raw_server(answering)
+    recorded: list[str] = []
+
+    async def record(call: ClientCall, call_next: CallNext[ClientCall]) -> Response | None:
+        recorded.append(call.packet.id)
+        return await call_next(call)
+
+    async with ProtocolClient(url) as direct, ProtocolClient(url) as chained:
+        chained.use(record)  # through send_packet and its Request model
+        for client in (direct, chained):
+            await client.send_request("no_params")
+            await client.send_request("with_params", {"a": [1, 2]}, timeout=5)
+            with within(0.5):  # inside a handler's budget: the smaller limit goes out
+                await client.send_request("budgeted", timeout=30)
+        sent = [frames.get_nowait() for _ in range(6)]
+    assert len(recorded) == 3
+    for made_directly, through_the_model in zip(sent[:3], sent[3:], strict=True):
+        assert uuid.UUID(str(made_directly["id"])).version == 4
+        assert made_directly.keys() == through_the_model.keys()
+        for key in made_directly.keys() - {"id", "meta"}:
+            assert made_directly[key] == through_the_model[key]
+    assert "params" not in sent[0]
+    assert sent[0]["meta"] == {"timeout": 30.0}  # the client's request_timeout
+    assert sent[1]["params"] == {"a": [1, 2]}
+    assert sent[1]["meta"] == {"timeout": 5}
+    for budgeted in (sent[2], sent[5]):
+        meta = budgeted["meta"]
+        assert isinstance(meta, dict)
+        assert 0 < meta["timeout"] <= 0.5
+
+
+async def test_the_direct_call_fails_as_the_request_model_would(server: ProtocolServer) -> None:
+    async with ProtocolClient(f"ws://127.0.0.1:{server.port}") as client:
+        with pytest.raises(pydantic.ValidationError):
+            await client.send_request("", {})
+        with pytest.raises(pydantic.ValidationError):
+            await client.send_request("echo", ["not", "a", "dict"])  # type: ignore[arg-type]
+    with pytest.raises(NotConnectedError):
+        await client.send_request("echo")
