@@ -354,6 +354,7 @@ def _parse_plain(obj: dict[str, Any]) -> Packet | None:
     """The well-formed packets of the hot path, checked by hand; None sends it to pydantic."""
     kind = obj.get("type")
     pid = obj.get("id")
+    good_id = type(pid) is str and 0 < len(pid) <= MAX_ID_LENGTH  # `_is_id`, inline
     meta = obj.get("meta")
     if meta is not None and type(meta) is not dict:
         return None  # pydantic says why
@@ -361,7 +362,7 @@ def _parse_plain(obj: dict[str, Any]) -> Packet | None:
         command = obj.get("command")
         params = obj.get("params")
         if (
-            _is_id(pid)
+            good_id
             and type(command) is str
             and command
             and (params is None or type(params) is dict)
@@ -376,7 +377,7 @@ def _parse_plain(obj: dict[str, Any]) -> Packet | None:
         error = obj.get("error")
         # `"id": null` is an answer to a request without a usable id; no `id` at all is not
         # a Response (the model requires the key): pydantic says so.
-        if (_is_id(pid) or (pid is None and "id" in obj)) and (error is None or type(error) is str):
+        if (good_id or (pid is None and "id" in obj)) and (error is None or type(error) is str):
             if status == "ok" and (code is None or (type(code) is int and code == 0)):
                 code = 0
             elif status == "error" and code is None:
@@ -399,7 +400,7 @@ def _parse_plain(obj: dict[str, Any]) -> Packet | None:
             )
     elif kind == "event":
         name = obj.get("name")
-        if _is_id(pid) and type(name) is str and name:
+        if good_id and type(name) is str and name:
             return _trusted(
                 Event,
                 {"id": pid, "type": "event", "name": name, "data": obj.get("data"), "meta": meta},
@@ -462,6 +463,10 @@ def parse_message(raw: str | bytes | bytearray | memoryview) -> Packet:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"not valid JSON: {exc}") from None
+    if type(obj) is dict:  # `parse_object`'s first step, here: every frame read passes
+        fast = _parse_plain(obj)
+        if fast is not None:
+            return fast
     return parse_object(obj)
 
 
