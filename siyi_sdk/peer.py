@@ -294,13 +294,12 @@ class Peer:
 
         aiohttp's send waits only when the socket's buffer went over its high-water mark; a
         frame that keeps it under the low-water mark never does. Without a known transport
-        (the client side) it answers True.
+        it answers True.
         """
-        transport = self._transport
-        if not isinstance(transport, asyncio.WriteTransport):
+        writable = self._writable
+        if writable is None:
             return True
-        low, _ = transport.get_write_buffer_limits()
-        return transport.get_write_buffer_size() + size < low
+        return writable.get_write_buffer_size() + size < self._low_water
 
     @property
     def close_code(self) -> int | None:
