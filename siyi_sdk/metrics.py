@@ -107,6 +107,8 @@ class StatsSnapshot:
             ``"transmit"``.
         bytes: the same keys, bytes (a WebSocket text frame counts its characters).
         replayed: packets sent from a session's buffer to a peer that came back.
+        events_sent: events delivered to the server's sessions (sent or buffered): one per
+            `send_event`, one per session a broadcast reaches.
         dropped: packets dropped from a full session buffer (the oldest go first).
         busy: requests answered 429 at once because their connection had `max_in_flight`
             requests running.
@@ -125,6 +127,7 @@ class StatsSnapshot:
     packets: dict[tuple[str, str], int]
     bytes: dict[tuple[str, str], int]
     replayed: int
+    events_sent: int
     dropped: int
     busy: int
     upload_bytes: int

@@ -288,6 +288,10 @@ async def test_the_figures_follow_the_traffic(server: ProtocolServer) -> None:
         for n in range(5):
             await client.send_event("noted", {"n": n})
         await wait_until(lambda: board.recorder.events == 5)
+        (peer,) = server.connections
+        for n in range(2):
+            await server.send_event(peer, "told", {"n": n})
+        await server.broadcast_event("everyone")
         await board.tick()
         async with (
             aiohttp.ClientSession(headers=bearer(READ_KEY)) as http,
@@ -300,6 +304,7 @@ async def test_the_figures_follow_the_traffic(server: ProtocolServer) -> None:
     assert node["totals"]["requests"] == 37
     assert node["totals"]["errors"] == 4
     assert node["totals"]["events"] == 5
+    assert node["totals"]["events_out"] == 3  # two sent to it, one broadcast that reached it
     assert node["totals"]["bytes_in"] > 0
     assert node["totals"]["bytes_out"] > 0
     assert node["rates"]["requests"] > 0

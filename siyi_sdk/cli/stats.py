@@ -51,8 +51,8 @@ def format_stats(stats: dict[str, Any]) -> list[str]:
     """The figures as lines of text: one per node, then one per command of the node asked."""
     lines = [
         f"{'node':<14} {'address':<22} {'state':<5} {'ws':>6} {'http':>5} {'attached':>8} "
-        f"{'away':>6} {'prov.':>6} {'req/s':>9} {'err/s':>7} {'ev/s':>7} {'in/s':>9} "
-        f"{'out/s':>9} {'buffered':>8} {'uptime':>9} version"
+        f"{'away':>6} {'prov.':>6} {'req/s':>9} {'err/s':>7} {'ev/s in':>7} {'ev/s out':>8} "
+        f"{'in/s':>9} {'out/s':>9} {'buffered':>8} {'uptime':>9} version"
     ]
     for node in stats.get("nodes", {}).values():
         connections, sessions, rates = node["connections"], node["sessions"], node["rates"]
@@ -61,7 +61,8 @@ def format_stats(stats: dict[str, Any]) -> list[str]:
             f"{connections['websocket']:>6} {connections['http']:>5} "
             f"{sessions['attached']:>8} {sessions['away']:>6} {sessions['provisional']:>6} "
             f"{_rate(rates['requests']):>9} {_rate(rates['errors']):>7} "
-            f"{_rate(rates['events']):>7} {_bytes(rates['bytes_in']):>9} "
+            f"{_rate(rates['events']):>7} {_rate(rates.get('events_out', 0.0)):>8} "
+            f"{_bytes(rates['bytes_in']):>9} "
             f"{_bytes(rates['bytes_out']):>9} {node['buffered']:>8} "
             f"{node['uptime']:>8.0f}s {node['version']}"
         )

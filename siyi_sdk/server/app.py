@@ -203,6 +203,7 @@ class ProtocolServer(Registration):
             self.response_cache.max_bytes = response_cache_max_bytes
         self.dispatcher = Dispatcher(self.settings, self.response_cache, self.lifecycle)
         self.sessions.chain = self.dispatcher.chain  # what the server sends passes it too
+        self.sessions.stats = self.lifecycle.stats
         self.gate = Gate(
             verify_key=verify_key,
             authenticate=authenticate,

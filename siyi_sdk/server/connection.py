@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..calls import DEFAULT_WINDOW, Runs, cancel_packet, stamp, unanswered
 from ..errors import (
@@ -26,6 +26,9 @@ from ..packets import Event, Request, Response, encode, kept
 from ..pipeline import Call, Chain, Direction
 from .mailbox import Mailbox
 from .outbox import Outbox
+
+if TYPE_CHECKING:
+    from .stats import ServerStats
 
 __all__ = ["Connection", "ServerCall"]
 
@@ -101,6 +104,8 @@ class Connection(Mailbox):
         """The requests of this peer being run now: their deadlines, cancels and acks (§10)."""
         self.chain: Chain[ServerCall] | None = None
         """The server's middleware chain, which what is sent through this handle passes."""
+        self.stats: ServerStats | None = None
+        """The server's counters (`deliver` counts the events it is given)."""
         self.receives = False
         """True once the peer showed it takes packets (a WebSocket or a poll of /events):
         only then do broadcasts buffer for it while it is away."""
@@ -150,6 +155,8 @@ class Connection(Mailbox):
         """
         if self.ended:
             raise NotConnectedError(f"{self!r}: the session has ended")
+        if self.stats is not None:
+            self.stats.events_sent += 1
         peer = self.direct_peer()
         if peer is not None:
             outbox = self._outbox

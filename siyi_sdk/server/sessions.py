@@ -18,6 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ..logs import call_extra
 from ..pipeline import Chain
 from .connection import Connection, ServerCall
+from .stats import ServerStats
 
 __all__ = [
     "MAX_SESSION_HEADER_BYTES",
@@ -110,6 +111,8 @@ class SessionRegistry:
         # front, so a flood of one-off HTTP callers costs O(1) per session, not a scan.
         self._sessions: OrderedDict[str, Connection] = OrderedDict()
         self.chain: Chain[ServerCall] | None = None
+        self.stats: ServerStats | None = None
+        """The server's counters, given to every session it makes."""
         """The server's middleware chain, given to every session handle made here."""
         # Provisional sessions by opening time, oldest first (a subset of `_sessions`).
         self._provisional: OrderedDict[str, Connection] = OrderedDict()
@@ -225,6 +228,7 @@ class SessionRegistry:
         )
         session.headers = bounded_headers(headers)
         session.chain = self.chain
+        session.stats = self.stats
         session.opened = session.last_active = self._clock()
         self._sessions[key] = session
         return session

@@ -39,6 +39,8 @@ class ServerStats:
         http_sent: packets sent in HTTP answers (``/general`` Responses, ``/events`` polls).
         http_sent_bytes: their bytes.
         replayed: packets replayed from a session's buffer down a WebSocket that came back.
+        events_sent: events delivered to this node's sessions (`Connection.deliver`: one per
+            `send_event`, one per session a broadcast reaches here; buffered ones included).
         dropped: packets dropped from buffers, counted when a peer is told (its session
             event) or its session ends; `snapshot` adds what live sessions hold.
     """
@@ -48,6 +50,7 @@ class ServerStats:
         "_closed_received",
         "_closed_sent",
         "dropped",
+        "events_sent",
         "http_received",
         "http_received_bytes",
         "http_sent",
@@ -62,6 +65,7 @@ class ServerStats:
         self.http_sent_bytes = 0
         self.replayed = 0
         self.dropped = 0
+        self.events_sent = 0
         # What WebSockets that have closed counted (`Peer.received` / `Peer.sent` / `busy`).
         self._closed_received = 0
         self._closed_sent = 0
@@ -124,6 +128,7 @@ class ServerStats:
                 ("http", "transmit"): self.http_sent_bytes,
             },
             replayed=self.replayed,
+            events_sent=self.events_sent,
             dropped=dropped,
             busy=busy,
             upload_bytes=uploads.bytes_received,

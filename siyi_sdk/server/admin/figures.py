@@ -28,7 +28,15 @@ WINDOW: Final = 5
 """Ticks the rates and the latency quantiles are taken over (5 s at one tick a second)."""
 HISTORY: Final = 900
 """Points of history kept for the charts: 15 minutes at one a second."""
-NODE_SERIES: Final = ("requests", "errors", "events", "bytes_in", "bytes_out", "connections")
+NODE_SERIES: Final = (
+    "requests",
+    "errors",
+    "events",
+    "events_out",
+    "bytes_in",
+    "bytes_out",
+    "connections",
+)
 COMMAND_SERIES: Final = ("rate", "error_rate", "p50", "p99")
 
 
@@ -115,6 +123,7 @@ class Figures:
             "requests": requests,
             "errors": errors,
             "events": recorder.events,
+            "events_out": snap.events_sent,
             "bytes_in": snap.bytes[("websocket", "receive")] + snap.bytes[("http", "receive")],
             "bytes_out": snap.bytes[("websocket", "transmit")] + snap.bytes[("http", "transmit")],
             "packets_in": snap.packets[("websocket", "receive")]
@@ -132,7 +141,7 @@ class Figures:
         span = now - first.at
         rates = {
             key: round((totals[key] - first.totals[key]) / span, 2) if span > 0 else 0.0
-            for key in ("requests", "errors", "events", "bytes_in", "bytes_out")
+            for key in ("requests", "errors", "events", "events_out", "bytes_in", "bytes_out")
         }
         connections = {
             "websocket": snap.websockets,
@@ -197,6 +206,7 @@ class Figures:
             "requests": rates["requests"],
             "errors": rates["errors"],
             "events": rates["events"],
+            "events_out": rates["events_out"],
             "bytes_in": rates["bytes_in"],
             "bytes_out": rates["bytes_out"],
             "connections": float(sum(node["connections"].values())),

@@ -141,6 +141,7 @@
     text("rate-requests", fmt(node.rates.requests, 1));
     text("rate-errors", fmt(node.rates.errors, 1));
     text("rate-events", fmt(node.rates.events, 1));
+    text("rate-events-out", fmt(node.rates.events_out, 1));
     text("rate-bytes-in", bytes(node.rates.bytes_in));
     text("rate-bytes-out", bytes(node.rates.bytes_out));
     text("buffered", fmt(node.buffered));
@@ -162,6 +163,7 @@
       cell(tr, fmt(n.connections.websocket)); cell(tr, fmt(n.connections.http)); cell(tr, fmt(n.connections.upload));
       cell(tr, fmt(n.sessions.attached)); cell(tr, fmt(n.sessions.away)); cell(tr, fmt(n.sessions.provisional));
       cell(tr, fmt(n.rates.requests, 1)); cell(tr, fmt(n.rates.errors, 1)); cell(tr, fmt(n.rates.events, 1));
+      cell(tr, fmt(n.rates.events_out, 1));
       cell(tr, bytes(n.rates.bytes_in)); cell(tr, bytes(n.rates.bytes_out));
       cell(tr, fmt(n.buffered));
       const redis = n.backplane;
