@@ -9,6 +9,10 @@ the requester's ``siyi.ack`` than its window. `Inbox` is the requester's end of 
 
 The server keeps one `Runs` per session (`Connection.runs`), a client one per session it holds
 (`SessionRef.runs`): request ids are scoped by session (§6), and so are their cancels and acks.
+
+Why one module of about 480 lines: deadlines, cancels and stream windows are one state per
+request (`Runs`), read on both sides and by the same reserved events; split, each change to
+one rule would reach across modules.
 """
 
 from __future__ import annotations
@@ -231,6 +235,7 @@ async def answer_stream(
     sink: Sink | None,
     max_size: int | None,
     session: SessionTagged | None = None,
+    transport: str | None = None,
 ) -> Response:
     """The answer of a streaming handler, on either side (§10); never raises.
 
@@ -238,7 +243,8 @@ async def answer_stream(
     once, such as a 400 for params that do not fit). The items go to `sink` as chunks when
     the request asked for a stream, else they are answered as one array (`collect`). What
     the handler raises ends the stream with its error (`outcome.failure`, logged with
-    `session`'s hashed key); a sink whose connection dropped ends it with 499.
+    `session`'s hashed key and the `transport` that carried the request); a sink whose
+    connection dropped ends it with 499.
     """
     try:
         items = start()
@@ -252,13 +258,13 @@ async def answer_stream(
             logger.debug(
                 "the stream answering %r ended: its connection dropped",
                 request.command,
-                extra=call_extra(request, session),
+                extra=call_extra(request, session, transport),
             )
             return Response.fail(
                 request.id, "cancelled: the stream's connection dropped", StatusCode.CANCELLED
             )
     except Exception as exc:
-        return failure(request, exc, session)
+        return failure(request, exc, session, transport)
 
 
 class _Run:
@@ -301,6 +307,7 @@ class Runs:
         answer: Awaitable[Response],
         limit: float | None,
         session: SessionTagged | None = None,
+        transport: str | None = None,
     ) -> Response:
         """Await `answer` (the handler's run) under the request's deadline, cancellable.
 
@@ -309,7 +316,8 @@ class Runs:
         the request (`cancel`) cancels it and answers 499. Inside, `remaining()` is what is
         left, so requests the handler sends carry no more than that. Both are one timer
         handle and a flag, not an `asyncio.timeout` scope: this is on every request's path.
-        Both ends are logged, with `session`'s hashed key (`logs.call_extra`).
+        Both ends are logged, with `session`'s hashed key and the `transport` that carried the
+        request (`logs.call_extra`): given as they are, they cost nothing until a line is logged.
         """
         sent = requested_timeout(request)
         timeout = limit if sent is None else sent if limit is None else min(limit, sent)
@@ -337,7 +345,7 @@ class Runs:
                     "the handler for %r ran past its deadline of %g s: answered 408",
                     request.command,
                     timeout,
-                    extra=call_extra(request, session),
+                    extra=call_extra(request, session, transport),
                 )
                 return Response.fail(
                     rid,
@@ -348,7 +356,7 @@ class Runs:
             logger.debug(
                 "the sender withdrew %r: answered 499",
                 request.command,
-                extra=call_extra(request, session),
+                extra=call_extra(request, session, transport),
             )
             return Response.fail(rid, CANCELLED_MESSAGE, StatusCode.CANCELLED)
         finally:

@@ -15,6 +15,10 @@
 The output depends on the document alone (no timestamp, the generator's options pinned), so
 generating twice gives the same bytes; it is formatted by ruff. Both tools come with the
 ``codegen`` extra: ``pip install 'siyi-sdk[codegen]'``.
+
+Why one module of about 440 lines: the generator walks the document's shape (servers,
+operations, schemas) once and writes each part of the module in turn; the templates of the
+generated code sit beside the walk that fills them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Pure data: nothing here does I/O. `parse_message` is the one place a frame becomes a packet,
 and `encode` the one place a packet becomes a frame; client, server and adapters all use them.
 
-Why one module of about 500 lines: the hand-written fast parser and encoder must accept and
+Why one module of about 560 lines: the hand-written fast parser and encoder must accept and
 produce exactly what the pydantic models do, field by field (the fuzz tests hold them to it);
 kept beside the models, a change to one is made in sight of the other.
 """

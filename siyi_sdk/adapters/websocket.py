@@ -3,6 +3,9 @@
 The adapter's calls, its connection loop (reconnecting after a drop, with its state) and its
 uploads' target. One connection attempt (the upgrade, the server's greeting) and the retries
 with backoff are in `siyi_sdk.adapters.connecting`.
+
+Why about 400 lines: the adapter's calls, its reconnecting loop and its uploads share the
+connection state; what could stand alone (one attempt, the retries) is in `connecting`.
 """
 
 from __future__ import annotations

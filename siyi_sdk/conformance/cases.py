@@ -5,6 +5,10 @@ README documents (``echo``, ``fail``, ``crash``, ``slow``, ``was_cancelled``, ``
 ``runs``, ``count``, ``notify_me``, ``ask_me``, ``whoami``, ``recorded`` and the ``record``
 event). A case returns when the server follows its rule and raises `CaseFailedError` with a
 one-line reason when it does not.
+
+Why one module of about 1,200 lines: it is a list of independent cases, each a short
+function under its `case` name, in the order of PROTOCOL.md's sections; a reader checks a rule
+by reading its case, and nothing in one case depends on another.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ The conformance suite judges what a server puts on the wire, so it builds every 
 and reads every answer as plain JSON. Were it to use siyi's client, a bug shared by the client
 and the server (both ours) would pass unnoticed; a server in another language would be judged
 by what our client happens to tolerate.
+
+Why one module of about 460 lines: it is the suite's only client, a raw WebSocket and HTTP
+speaker with the few helpers every case shares (send, expect, the greeting, the keys); every
+case goes through it, so it is read as one piece.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ handlers), the transports (ws_endpoint.py, http_endpoints.py, uploads/: read, as
 hand packets to the dispatcher, write), `SessionRegistry`, the `Backplane`, `Broadcaster`,
 `Registration` (the decorators) and `Serving` (routes on any aiohttp application, and its
 lifecycle; `attach`, or `start()` / ``async with server:`` on an application of its own).
+
+Why one module of about 440 lines: `ProtocolServer` itself only wires the parts above, but
+its constructor takes and documents 33 keywords and it keeps the seed's methods
+(`send_request`, `broadcast_event`, ...) as thin delegations; the documentation is the bulk.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ The document's shape, which ``siyi codegen`` reads back:
   its model's title or ``<Name>Result``, each event's data as its model's title or
   ``<Name>Data``, the models they use, the packet envelopes and ``StatusCode`` (§3).
 - ``x-siyi-protocol``: the protocol version, an integer.
+
+Why one module of about 680 lines: most of it is the document's fixed parts (the envelopes,
+the protocol's own messages, the security scheme) written out as data, next to the code that
+adds the server's own commands and events; ``siyi codegen`` reads back exactly this shape.
 """
 
 from __future__ import annotations
