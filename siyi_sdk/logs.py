@@ -11,6 +11,7 @@ identifies the call as attributes of its `logging.LogRecord`, set through ``extr
 ``siyi_event_id``    the event's id
 ``siyi_session``     the session, hashed (`session_tag`): never the key, a bearer credential
 ``siyi_transport``   ``"websocket"`` or ``"http"``, where the line's site knows it
+``siyi_upload_id``   the upload's id (its name in the protocol, §8; never its bytes)
 ==================== ==========================================================================
 
 A key is absent when its site does not know it. `JsonFormatter` writes each record as one JSON
@@ -45,6 +46,7 @@ __all__ = [
     "REQUEST_ID",
     "SESSION",
     "TRANSPORT",
+    "UPLOAD_ID",
     "JsonFormatter",
     "SessionTagged",
     "call_extra",
@@ -65,7 +67,9 @@ SESSION: Final = "siyi_session"
 """The session of the call, hashed by `session_tag` (the key itself is never logged)."""
 TRANSPORT: Final = "siyi_transport"
 """``"websocket"`` or ``"http"``: what carried the call."""
-KEYS: Final = (COMMAND, REQUEST_ID, EVENT, EVENT_ID, SESSION, TRANSPORT)
+UPLOAD_ID: Final = "siyi_upload_id"
+"""The id of the upload the line is about (already in the upload's own log messages)."""
+KEYS: Final = (COMMAND, REQUEST_ID, EVENT, EVENT_ID, SESSION, TRANSPORT, UPLOAD_ID)
 """Every key `call_extra` may set, in the order `JsonFormatter` writes them."""
 
 TAG_LENGTH: Final = 12
@@ -100,6 +104,7 @@ def call_extra(
     request_id: str | None = None,
     event: str | None = None,
     event_id: str | None = None,
+    upload_id: str | None = None,
 ) -> dict[str, Any]:
     """The ``extra`` of a log line about one call; call it only where the line is logged.
 
@@ -111,6 +116,7 @@ def call_extra(
         request_id: the request's id, when there is no `packet`.
         event: the event's name, when there is no `packet`.
         event_id: the event's id, when there is no `packet`.
+        upload_id: the upload's id, for a line about an upload.
 
     Returns:
         The keys of `KEYS` that are known; the others are left out.
@@ -135,6 +141,8 @@ def call_extra(
         extra[SESSION] = tag
     if transport is not None:
         extra[TRANSPORT] = transport
+    if upload_id is not None:
+        extra[UPLOAD_ID] = upload_id
     return extra
 
 

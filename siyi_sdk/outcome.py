@@ -34,17 +34,26 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def failure(request: Request, exc: Exception, session: SessionTagged | None = None) -> Response:
+def failure(
+    request: Request,
+    exc: Exception,
+    session: SessionTagged | None = None,
+    transport: str | None = None,
+) -> Response:
     """The Response for a handler (or middleware) that raised `exc` while answering `request`.
 
     An `ApiError` becomes an error Response with its code (`FAILED` without one); anything
     else is a programming error: a 500 to the peer, without a traceback, and a logged one here
-    (with `session`'s hashed key, when given: `logs.call_extra`).
+    (with `session`'s hashed key and the `transport` that carried the request, when given:
+    `logs.call_extra`).
     """
     if isinstance(exc, ApiError):
         return Response.fail(request.id, exc.message, exc.code or StatusCode.FAILED)
     logger.error(
-        "handler for %r raised", request.command, exc_info=exc, extra=call_extra(request, session)
+        "handler for %r raised",
+        request.command,
+        exc_info=exc,
+        extra=call_extra(request, session, transport),
     )
     return Response.fail(
         request.id,
@@ -58,6 +67,7 @@ async def call_request_handler(
     args: tuple[Any, ...],
     request: Request,
     session: SessionTagged | None = None,
+    transport: str | None = None,
 ) -> Response:
     """Run a request handler and turn whatever happens into a Response.
 
@@ -69,6 +79,7 @@ async def call_request_handler(
         args: the arguments to call it with.
         request: the Request being answered.
         session: the session it came from, for the log line of a failure.
+        transport: ``"websocket"`` or ``"http"``, what carried it, for that line too.
 
     Returns:
         The Response to send, with the request's id.
@@ -78,12 +89,16 @@ async def call_request_handler(
         if inspect.isawaitable(result):
             result = await result
     except Exception as exc:
-        return failure(request, exc, session)
-    return answer_to(request, result, "the handler", session)
+        return failure(request, exc, session, transport)
+    return answer_to(request, result, "the handler", session, transport)
 
 
 def answer_to(
-    request: Request, result: object, source: str, session: SessionTagged | None = None
+    request: Request,
+    result: object,
+    source: str,
+    session: SessionTagged | None = None,
+    transport: str | None = None,
 ) -> Response:
     """`result` as the answer to `request`: its id set, or a 500 when it is no Response.
 
@@ -92,6 +107,7 @@ def answer_to(
         result: what `source` (a handler, a middleware) answered with.
         source: how the log and the 500's message name what answered.
         session: the session `request` came from, for the log line.
+        transport: what carried `request` (``"websocket"``, ``"http"``), for the log line.
     """
     if not isinstance(result, Response):
         logger.error(
@@ -99,7 +115,7 @@ def answer_to(
             source,
             request.command,
             type(result).__name__,
-            extra=call_extra(request, session),
+            extra=call_extra(request, session, transport),
         )
         return Response.fail(
             request.id,
@@ -118,6 +134,8 @@ async def call_event_handler(
     name: str,
     session: SessionTagged | None = None,
     event_id: str | None = None,
+    transport: str | None = None,
+    upload_id: str | None = None,
 ) -> None:
     """Run an event handler (sync or async); an exception is logged, never propagated.
 
@@ -127,6 +145,8 @@ async def call_event_handler(
         name: the event's name (or ``"connect"``...), for the log line.
         session: the session it concerns, for the log line.
         event_id: the event's id, for the log line.
+        transport: what carried the event (``"websocket"``, ``"http"``), for the log line.
+        upload_id: the upload an ``on_upload`` handler was given, for the log line.
     """
     try:
         result = handler(*args)
@@ -136,17 +156,22 @@ async def call_event_handler(
         logger.exception(
             "handler for event %r raised",
             name,
-            extra=call_extra(session=session, event=name, event_id=event_id),
+            extra=call_extra(
+                None, session, transport, event=name, event_id=event_id, upload_id=upload_id
+            ),
         )
 
 
 def _not_serialisable(
-    request_id: str | None, request: Request | None = None, session: SessionTagged | None = None
+    request_id: str | None,
+    request: Request | None = None,
+    session: SessionTagged | None = None,
+    transport: str | None = None,
 ) -> bytes:
     logger.exception(
         "the result for request %r is not JSON-serialisable",
         request_id,
-        extra=call_extra(request, session, request_id=request_id),
+        extra=call_extra(request, session, transport, request_id=request_id),
     )
     return encode(
         Response.fail(
@@ -165,23 +190,28 @@ def encode_response(response: Response) -> bytes:
         return _not_serialisable(response.id)
 
 
-def encode_result(request: Request, result: object, session: SessionTagged | None = None) -> bytes:
+def encode_result(
+    request: Request,
+    result: object,
+    session: SessionTagged | None = None,
+    transport: str | None = None,
+) -> bytes:
     """The frame answering `request` with a command handler's `result`.
 
     A Response is sent as it is (with the request's id); anything else is the data of an ok
     answer, encoded without building a Response. Data that is not JSON-serialisable is a 500
-    (logged, with `session`'s hashed key when given).
+    (logged, with `session`'s hashed key and the `transport` when given).
     """
     if isinstance(result, Response):
-        response = answer_to(request, result, "the handler", session)
+        response = answer_to(request, result, "the handler", session, transport)
         try:
             return encode(response)
         except TypeError:
-            return _not_serialisable(response.id, request, session)
+            return _not_serialisable(response.id, request, session, transport)
     try:
         return encode_ok(request.id, result)
     except TypeError:
-        return _not_serialisable(request.id, request, session)
+        return _not_serialisable(request.id, request, session, transport)
 
 
 def start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:

@@ -2,7 +2,10 @@
 
 Real servers and clients on loopback sockets; the records are caught with pytest's `caplog`.
 Every record checked must also not hold the session key itself anywhere (it is a bearer
-credential): not in its message, its arguments, its extras or its traceback.
+credential): not in its message, its arguments, its extras or its traceback. The lines about a
+handler's failure (it raised, ran past its deadline, was withdrawn by its sender) name the
+transport that carried the request, over each of them; an upload's lines name the upload,
+its session and its transport, and never hold a byte of the file.
 """
 
 from __future__ import annotations
@@ -14,13 +17,24 @@ import logging
 import re
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from websockets.asyncio.client import connect
 
-from siyi_sdk import Connection, Event, ProtocolServer, Request, Response, StatusCode
+from siyi_sdk import (
+    Connection,
+    Event,
+    HttpAdapter,
+    ProtocolClient,
+    ProtocolServer,
+    Request,
+    Response,
+    StatusCode,
+    StoredFile,
+)
 from siyi_sdk.logs import (
     COMMAND,
     EVENT,
@@ -29,6 +43,7 @@ from siyi_sdk.logs import (
     REQUEST_ID,
     SESSION,
     TRANSPORT,
+    UPLOAD_ID,
     JsonFormatter,
     call_extra,
     session_tag,
@@ -36,15 +51,23 @@ from siyi_sdk.logs import (
 from siyi_sdk.pipeline import CallNext
 from siyi_sdk.server import ServerCall
 from tests.conftest import (
+    WAIT,
     ClientFactory,
     ServerFactory,
     greeting_of,
+    http_url,
+    open_http_session,
     post_packet,
     recv_json,
     wait_for,
+    wait_until,
     ws_url,
 )
+from tests.proxy import TcpProxy, sleep_until_accepting
 from tests.test_cli import STARTUP, posix_only, running, siyi
+
+Transport = Literal["websocket", "http"]
+TRANSPORTS: tuple[Transport, ...] = ("websocket", "http")
 
 
 def tag(key: str) -> str:
@@ -73,6 +96,32 @@ def request_frame(rid: str, command: str, **fields: Any) -> str:
     return json.dumps({"id": rid, "type": "request", "command": command, **fields})
 
 
+async def ask(
+    server: ProtocolServer, transport: Transport, rid: str, command: str, **fields: Any
+) -> tuple[dict[str, Any], str]:
+    """One request over a raw WebSocket or one ``POST /general``: its answer, the session key."""
+    if transport == "websocket":
+        async with connect(ws_url(server)) as ws:
+            key = (await greeting_of(ws))["session"]
+            await ws.send(request_frame(rid, command, **fields))
+            return await recv_json(ws), key
+    packet = {"id": rid, "type": "request", "command": command, **fields}
+    status, body, key = await post_packet(server, packet)
+    assert status == 200
+    assert key is not None
+    return body, key
+
+
+def assert_call_tags(
+    record: logging.LogRecord, command: str, key: str, transport: Transport
+) -> None:
+    """The record names the call's command, its hashed session and what carried it."""
+    assert getattr(record, COMMAND) == command
+    assert getattr(record, SESSION) == tag(key)
+    assert getattr(record, TRANSPORT) == transport
+    assert_no_key(record, key)
+
+
 @pytest.fixture
 def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="siyi_sdk")
@@ -93,6 +142,11 @@ async def failing_server(make_server: ServerFactory, **kwargs: Any) -> ProtocolS
     async def boom_async(connection: Connection, params: dict[str, Any]) -> Any:
         raise RuntimeError("async handler broke")
 
+    @server.command("boom_stream")
+    async def boom_stream(connection: Connection, params: dict[str, Any]) -> AsyncIterator[int]:
+        yield 1
+        raise RuntimeError("streaming handler broke")
+
     @server.command("echo")
     def echo(connection: Connection, params: dict[str, Any]) -> Any:
         return params
@@ -100,23 +154,41 @@ async def failing_server(make_server: ServerFactory, **kwargs: Any) -> ProtocolS
     return server
 
 
-@pytest.mark.parametrize("command", ["boom_plain", "boom_async"])
-async def test_a_handler_that_raises_logs_its_command_id_and_hashed_session(
-    make_server: ServerFactory, caplog: pytest.LogCaptureFixture, command: str
+# Each way a handler runs (inline, in a task, as a stream), over each transport.
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("command", ["boom_plain", "boom_async", "boom_stream"])
+async def test_a_handler_that_raises_logs_its_command_id_session_and_transport(
+    make_server: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
+    command: str,
+    transport: Transport,
 ) -> None:
     server = await failing_server(make_server)
-    async with connect(ws_url(server)) as ws:
-        key = (await greeting_of(ws))["session"]
-        rid = str(uuid.uuid4())
-        await ws.send(request_frame(rid, command))
-        answer = await recv_json(ws)
+    rid = str(uuid.uuid4())
+    answer, key = await ask(server, transport, rid, command)
     assert (answer["id"], answer["code"]) == (rid, StatusCode.INTERNAL_ERROR)
     record = one_record(caplog, rid)
     assert record.levelno == logging.ERROR
     assert record.name == "siyi_sdk.outcome"
-    assert (getattr(record, COMMAND), getattr(record, SESSION)) == (command, tag(key))
     assert record.exc_info is not None
-    assert_no_key(record, key)
+    assert_call_tags(record, command, key, transport)
+
+
+async def test_an_http_call_is_logged_as_http_while_its_sessions_websocket_is_open(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The connection says "websocket" while one is attached: the line must name what
+    # carried this request instead.
+    server = await failing_server(make_server)
+    async with connect(ws_url(server)) as ws:
+        key = (await greeting_of(ws))["session"]
+        packet = {"id": "beside-1", "type": "request", "command": "boom_plain"}
+        status, body, _ = await post_packet(server, packet, key)
+        assert (status, body["code"]) == (200, StatusCode.INTERNAL_ERROR)
+        await ws.send(request_frame("beside-2", "boom_async"))
+        assert (await recv_json(ws))["code"] == StatusCode.INTERNAL_ERROR
+    assert_call_tags(one_record(caplog, "beside-1"), "boom_plain", key, "http")
+    assert_call_tags(one_record(caplog, "beside-2"), "boom_async", key, "websocket")
 
 
 async def test_an_event_handler_that_raises_logs_the_event_and_hashed_session(
@@ -137,9 +209,20 @@ async def test_an_event_handler_that_raises_logs_the_event_and_hashed_session(
         # Events run in order: an answered request after it means its handler has returned.
         await ws.send(request_frame("after", "nothing"))
         await recv_json(ws)
+    # Over HTTP the event's handlers have run when its POST is answered.
+    status, _, http_key = await post_packet(
+        server, {"id": "ev-2", "type": "event", "name": "pong", "data": {}}
+    )
+    assert status == 200
+    assert http_key is not None
     [record] = records_with(caplog, EVENT_ID, "ev-1")
     assert (getattr(record, EVENT), getattr(record, SESSION)) == ("ping", tag(key))
+    assert getattr(record, TRANSPORT) == "websocket"
     assert_no_key(record, key)
+    [record] = records_with(caplog, EVENT_ID, "ev-2")
+    assert (getattr(record, EVENT), getattr(record, SESSION)) == ("pong", tag(http_key))
+    assert getattr(record, TRANSPORT) == "http"
+    assert_no_key(record, http_key)
 
 
 async def test_a_bad_frame_with_a_usable_id_logs_it_over_a_websocket(
@@ -172,28 +255,103 @@ async def test_a_bad_packet_with_a_usable_id_logs_it_over_http(
     assert_no_key(record, key)
 
 
-async def test_a_handler_past_its_deadline_logs_the_408(
-    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+class Blocker:
+    """A handler that blocks until cancelled, and tells when it started and was cancelled."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def block(self, connection: Connection, params: dict[str, Any]) -> Any:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled: by the deadline, or by its sender
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+async def blocking_server(
+    make_server: ServerFactory, **kwargs: Any
+) -> tuple[ProtocolServer, Blocker]:
+    server = await failing_server(make_server, **kwargs)
+    blocker = Blocker()
+    server.command("block")(blocker.block)
+    return server, blocker
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("deadline", ["meta.timeout", "handler_timeout"])
+async def test_a_handler_past_its_deadline_logs_the_408_with_its_transport(
+    make_server: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
+    transport: Transport,
+    deadline: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="siyi_sdk")
-    server = await make_server()
-    started = asyncio.Event()
-
-    @server.command("block")
-    async def block(connection: Connection, params: dict[str, Any]) -> Any:
-        started.set()
-        await asyncio.Event().wait()  # until cancelled by the deadline
-
-    async with connect(ws_url(server)) as ws:
-        key = (await greeting_of(ws))["session"]
-        await ws.send(request_frame("slow-1", "block", meta={"timeout": 0.05}))
-        answer = await recv_json(ws)
-    assert started.is_set()
+    if deadline == "meta.timeout":  # the sender's budget
+        server, blocker = await blocking_server(make_server)
+        fields: dict[str, Any] = {"meta": {"timeout": 0.05}}
+    else:  # the server's own
+        server, blocker = await blocking_server(make_server, handler_timeout=0.05)
+        fields = {}
+    answer, key = await ask(server, transport, "slow-1", "block", **fields)
+    assert blocker.cancelled.is_set()
     assert answer["code"] == StatusCode.TIMEOUT
     record = one_record(caplog, "slow-1")
     assert record.levelno == logging.INFO
-    assert (getattr(record, COMMAND), getattr(record, SESSION)) == ("block", tag(key))
-    assert_no_key(record, key)
+    assert record.name == "siyi_sdk.calls"
+    assert "408" in record.getMessage()
+    assert_call_tags(record, "block", key, transport)
+
+
+async def test_a_request_its_sender_withdraws_logs_the_499_over_a_websocket(
+    make_server: ServerFactory, make_client: ClientFactory, debug_logs: pytest.LogCaptureFixture
+) -> None:
+    server, blocker = await blocking_server(make_server)
+    client = await make_client(ws_url(server))
+    request = Request.make("block")
+    task = asyncio.create_task(client.send_packet(request))
+    await wait_for(blocker.started.wait())
+    task.cancel()  # the client sends siyi.cancel: the server cancels the handler, answers 499
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_for(blocker.cancelled.wait())
+    record = await withdrawn(debug_logs, request.id)
+    assert client.session.key is not None
+    assert_call_tags(record, "block", client.session.key, "websocket")
+
+
+async def test_a_request_its_sender_withdraws_logs_the_499_over_http(
+    make_server: ServerFactory, debug_logs: pytest.LogCaptureFixture
+) -> None:
+    server, blocker = await blocking_server(make_server)
+    async with HttpAdapter(http_url(server), request_timeout=WAIT) as http:
+        await http.send_packet(Request.make("echo"))  # opens the session
+        request = Request.make("block")
+        task = asyncio.create_task(http.send_packet(request))
+        await wait_for(blocker.started.wait())
+        task.cancel()  # the adapter POSTs siyi.cancel on its own
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await wait_for(blocker.cancelled.wait())
+        record = await withdrawn(debug_logs, request.id)
+        assert http.session.key is not None
+        assert_call_tags(record, "block", http.session.key, "http")
+
+
+async def withdrawn(caplog: pytest.LogCaptureFixture, rid: str) -> logging.LogRecord:
+    """The server's line about the 499 of `rid` (the client logs about the same id too)."""
+
+    def found() -> list[logging.LogRecord]:
+        return [r for r in records_with(caplog, REQUEST_ID, rid) if r.name == "siyi_sdk.calls"]
+
+    # Written as the handler's cancellation unwinds, in the handler's own task.
+    await wait_until(lambda: bool(found()))
+    [record] = found()
+    assert record.levelno == logging.DEBUG
+    assert "499" in record.getMessage()
+    return record
 
 
 async def rate_limited(make_server: ServerFactory) -> ProtocolServer:
@@ -294,9 +452,116 @@ async def test_a_client_handler_that_raises_logs_the_clients_hashed_session(
     answer = await connection.send_request("ask_client")
     assert answer.code == StatusCode.INTERNAL_ERROR
     [record] = [r for r in caplog.records if getattr(r, COMMAND, None) == "ask_client"]
-    assert getattr(record, SESSION) == tag(connection.session)
     assert getattr(record, REQUEST_ID) == answer.id
-    assert_no_key(record, connection.session)
+    assert_call_tags(record, "ask_client", connection.session, "websocket")
+
+
+# Uploads ---------------------------------------------------------------------------------------
+
+CONTENTS = b"the file's own bytes, never logged; " * 1000
+
+
+def uploader(
+    transport: Transport, port: int, key: str, **kwargs: Any
+) -> ProtocolClient | HttpAdapter:
+    """A client uploading over `transport` in the session of `key`; its packet channel closed."""
+    client: ProtocolClient | HttpAdapter
+    if transport == "websocket":
+        client = ProtocolClient(f"ws://127.0.0.1:{port}", **kwargs)
+    else:
+        client = HttpAdapter(f"http://127.0.0.1:{port}", **kwargs)
+    client.session.update(key, "the test")
+    return client
+
+
+def upload_records(
+    caplog: pytest.LogCaptureFixture, upload_id: str, logger: str
+) -> list[logging.LogRecord]:
+    return [r for r in records_with(caplog, UPLOAD_ID, upload_id) if r.name == logger]
+
+
+def assert_upload_tags(record: logging.LogRecord, key: str, transport: Transport) -> None:
+    """The record names the upload's session (hashed) and transport, and holds none of its bytes."""
+    assert getattr(record, SESSION) == tag(key)
+    assert getattr(record, TRANSPORT) == transport
+    assert_no_key(record, key)
+    assert CONTENTS[:24].decode() not in JsonFormatter().format(record)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_an_uploads_lines_carry_its_id_session_and_transport(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture, transport: Transport
+) -> None:
+    caplog.set_level(logging.INFO, logger="siyi_sdk")
+    server = await make_server()
+    handled = asyncio.Event()
+
+    @server.on_upload
+    def broken(connection: Connection, stored: StoredFile) -> None:
+        handled.set()
+        raise RuntimeError("upload handler broke")
+
+    key = await open_http_session(server)
+    upload_id = str(uuid.uuid4())
+    client = uploader(transport, server.port, key)
+    try:
+        await wait_for(client.upload(CONTENTS, name="notes.txt", upload_id=upload_id))
+    finally:
+        await client.close()
+    # The handler runs in a task of its own: its line is written as its exception unwinds.
+    await wait_for(handled.wait())
+    [stored] = upload_records(caplog, upload_id, "siyi_sdk.server.uploads.receiver")
+    assert "stored" in stored.getMessage()
+    assert_upload_tags(stored, key, transport)
+    [failed] = upload_records(caplog, upload_id, "siyi_sdk.outcome")
+    assert (failed.levelno, getattr(failed, EVENT)) == (logging.ERROR, "upload")
+    assert_upload_tags(failed, key, transport)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_cut_uploads_lines_carry_its_tags_on_both_sides(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture, transport: Transport
+) -> None:
+    caplog.set_level(logging.INFO, logger="siyi_sdk")
+    server = await make_server()
+    key = await open_http_session(server)
+    upload_id = str(uuid.uuid4())
+    data = CONTENTS * 600  # 21 MiB: far more than the sockets buffer, so the cut lands mid-way
+    cut = False
+    async with TcpProxy(server.port) as proxy:
+
+        async def cut_once(sent: int, total: int) -> None:
+            nonlocal cut
+            if not cut and sent >= total // 3:
+                cut = True
+
+                async def cut_and_resume() -> None:
+                    await proxy.cut()
+                    await proxy.resume()
+
+                # Shielded: over HTTP this runs in aiohttp's body writer, which the cut cancels.
+                await asyncio.shield(asyncio.create_task(cut_and_resume()))
+
+        client = uploader(transport, proxy.port, key, sleep=sleep_until_accepting(proxy))
+        try:
+            await wait_for(
+                client.upload(data, name="big.txt", progress=cut_once, upload_id=upload_id), 30
+            )
+        finally:
+            await client.close()
+    assert cut
+    # The client's line about the resume, and the server's about the part cut short (its
+    # second part waited for the first to end: the line was written before the upload ended).
+    resumed = upload_records(caplog, upload_id, "siyi_sdk.adapters.upload")
+    assert resumed
+    interrupted = [
+        r
+        for r in upload_records(caplog, upload_id, "siyi_sdk.server.uploads.receiver")
+        if "interrupted" in r.getMessage()
+    ]
+    assert interrupted
+    for record in (*resumed, *interrupted):
+        assert_upload_tags(record, key, transport)
 
 
 # The helpers and the formatter -----------------------------------------------------------------
@@ -316,6 +581,10 @@ def test_call_extra_names_what_it_knows_and_nothing_else() -> None:
     }
     assert call_extra(Event(id="e1", name="tick")) == {EVENT: "tick", EVENT_ID: "e1"}
     assert call_extra(request_id="r2") == {REQUEST_ID: "r2"}
+    assert call_extra(session=_Tagged(), upload_id="u1") == {
+        SESSION: "abcdef012345",
+        UPLOAD_ID: "u1",
+    }
     assert call_extra() == {}
     assert set(call_extra(request, _Tagged(), "http")) <= set(KEYS)
     assert session_tag("secret") == tag("secret")

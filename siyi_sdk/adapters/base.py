@@ -43,7 +43,14 @@ from ..packets import (
 )
 from ..pipeline import Chain, ClientCall, Middleware
 from ..wire import UPLOAD_PATH, FileInfo
-from .middleware import current_call, forward_event, forward_request, incoming_call, install_chain
+from .middleware import (
+    carrier,
+    current_call,
+    forward_event,
+    forward_request,
+    incoming_call,
+    install_chain,
+)
 from .upload_source import UploadProgress, UploadSource
 
 __all__ = [
@@ -363,11 +370,9 @@ class Adapter(ABC):
         chain = self._middleware
         if not chain:
             return await self._deliver_request(request)
+        call = incoming_call(self, request)
         return await call_request_handler(
-            chain.run,
-            (incoming_call(self, request), self._deliver_request_call),
-            request,
-            self.session,
+            chain.run, (call, self._deliver_request_call), request, self.session, call.transport
         )
 
     async def handle_event(self, event: Event) -> None:
@@ -385,12 +390,14 @@ class Adapter(ABC):
         if not chain:
             await self._deliver_event(event)
             return
+        call = incoming_call(self, event)
         await call_event_handler(
             chain.run,
-            (incoming_call(self, event), self._deliver_event_call),
+            (call, self._deliver_event_call),
             event.name,
             self.session,
             event.id,
+            call.transport,
         )
 
     async def _deliver_request_call(self, call: ClientCall) -> Response:
@@ -414,14 +421,18 @@ class Adapter(ABC):
     async def _deliver_request(self, request: Request) -> Response:
         handler = self._request_handler
         if handler is not None:
+            session = self.session
+            # For the log lines of a failure, a 408, a 499. A class attribute for the built-in
+            # adapters; only a parent (a manager) asks who handed it the request.
+            transport = self._call_transport or carrier(self, request)._call_transport
             # Under the server's deadline (meta.timeout: 408) and cancellable by it (499).
             if inspect.isasyncgenfunction(handler):
                 start = functools.partial(handler, request)
                 sink = self.chunk_sink(request)
-                answer = answer_stream(self.session.runs, request, start, sink, None, self.session)
+                answer = answer_stream(session.runs, request, start, sink, None, session, transport)
             else:
-                answer = call_request_handler(handler, (request,), request, self.session)
-            return await self.session.runs.run(request, answer, None, self.session)
+                answer = call_request_handler(handler, (request,), request, session, transport)
+            return await session.runs.run(request, answer, None, session, transport)
         parent = self._parent
         if parent is None:
             return Response.fail(
@@ -433,8 +444,11 @@ class Adapter(ABC):
 
     async def _deliver_event(self, event: Event) -> None:
         if self._event_handlers:
+            transport = self._call_transport or carrier(self, event)._call_transport
             for handler in self._event_handlers:
-                await call_event_handler(handler, (event,), event.name, self.session, event.id)
+                await call_event_handler(
+                    handler, (event,), event.name, self.session, event.id, transport
+                )
             return
         parent = self._parent
         if parent is None:

@@ -27,6 +27,7 @@ from ..packets import Event, Request, Response
 from ..pipeline import ClientCall
 
 __all__ = [
+    "carrier",
     "current_call",
     "forward_event",
     "forward_request",
@@ -55,12 +56,17 @@ def current_call(adapter: Any) -> ClientCall | None:
     return current[0] if current is not None and current[0].adapter is adapter else None
 
 
+def carrier(adapter: Any, packet: Request | Event) -> Any:
+    """The adapter that received `packet`: the child that handed it to `adapter`, if one did."""
+    received = RECEIVED_BY.get()
+    return received[0] if received is not None and received[1] is packet else adapter
+
+
 def incoming_call(adapter: Any, packet: Request | Event) -> ClientCall:
     """The call for a received packet; its carrier is the adapter that received it."""
-    received = RECEIVED_BY.get()
-    carrier = received[0] if received is not None and received[1] is packet else adapter
-    call = ClientCall(packet, "in", adapter, carrier._call_transport)
-    call.carrier = carrier
+    by = carrier(adapter, packet)
+    call = ClientCall(packet, "in", adapter, by._call_transport)
+    call.carrier = by
     return call
 
 

@@ -32,6 +32,7 @@ import orjson
 from tenacity import RetryCallState, stop_after_attempt
 
 from ..errors import BadRequestError, BusyError, TransportError, UnauthorizedError
+from ..logs import call_extra
 from ..retry import backoff
 from ..wire import FILE_MD5_HEADER, FILE_NAME_HEADER, UPLOAD_ID_HEADER, FileInfo
 from .tls import certificate_error, client_session
@@ -128,6 +129,7 @@ class _Upload:
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
+        transport = "websocket" if self.target.ws_url is not None else "http"
         logger.info(
             "%s: upload %s of %r interrupted (%s); resuming in %.2f s",
             self.target.label,
@@ -135,6 +137,9 @@ class _Upload:
             self.source.name,
             exc,
             delay,
+            extra=call_extra(
+                session=self.target.session, transport=transport, upload_id=self.upload_id
+            ),
         )
 
     async def _report(self, sent: int) -> None:

@@ -150,14 +150,14 @@ class Dispatcher:
         asked for a stream (§10), else they are answered as one array.
         """
         if not self.chain:
-            return await self._once(connection, request, None, sink)
+            return await self._once(connection, request, None, sink, transport)
         call = ServerCall(request, "in", connection, transport)
 
         def terminal(call: ServerCall) -> Awaitable[Response]:
-            return self._once(connection, request, call, sink)
+            return self._once(connection, request, call, sink, transport)
 
         answered = await self.chain.run(call, terminal)
-        answer = answer_to(request, answered, "a middleware", connection)
+        answer = answer_to(request, answered, "a middleware", connection, transport)
         if call.duration is None and answer.status != "ok" and logger.isEnabledFor(logging.DEBUG):
             # A middleware refused it by itself (a 403, a 429): nothing else logs that. A flood
             # of refusals (a rate limit at work) must stay cheap: DEBUG, tested first.
@@ -200,8 +200,11 @@ class Dispatcher:
         route = self.routes.get(request.command)
         if route is not None:
             if route.plain and not self.chain and not self.lifecycle.stopping:
+                # `transport` is for the log line of a failure: `connection` cannot tell it (an
+                # HTTP call may come while the session's WebSocket is open).
+                key = (connection.session, request.id)
                 out = self.response_cache.answer_now(
-                    (connection.session, request.id), self._run_plain, route, connection, request
+                    key, self._run_plain, route, connection, request, transport
                 )
                 if out is not None:
                     return out
@@ -215,17 +218,19 @@ class Dispatcher:
         return self.handle_frame(connection, request, transport)
 
     def _run_plain(
-        self, route: Route, connection: Connection, request: Request
+        self, route: Route, connection: Connection, request: Request, transport: Transport
     ) -> bytes | Awaitable[Response]:
         try:
             result = contextvars.copy_context().run(route.invoke, connection, request)
         except Exception as exc:
-            return encode_response(failure(request, exc, connection))
+            return encode_response(failure(request, exc, connection, transport))
         if type(result) not in _DATA and inspect.isawaitable(result):
             # A plain function that returned an awaitable (a lambda around a coroutine).
-            finish = call_request_handler(route.finish, (request, result), request, connection)
-            return self._within_deadline(connection, request, finish)
-        return encode_result(request, result, connection)
+            finish = call_request_handler(
+                route.finish, (request, result), request, connection, transport
+            )
+            return self._within_deadline(connection, request, finish, transport)
+        return encode_result(request, result, connection, transport)
 
     async def handle_frame(
         self,
@@ -242,7 +247,8 @@ class Dispatcher:
         if self.chain or self.lifecycle.stopping:
             return encode_response(await self.handle(connection, request, transport, sink))
         return await self.response_cache.run_once_frame(
-            (connection.session, request.id), lambda: self.run(connection, request, sink)
+            (connection.session, request.id),
+            lambda: self.run(connection, request, sink, transport),
         )
 
     async def _once(
@@ -251,6 +257,7 @@ class Dispatcher:
         request: Request,
         call: ServerCall | None,
         sink: Sink | None,
+        transport: Transport,
     ) -> Response:
         if self.lifecycle.stopping:
             return Response.fail(
@@ -258,52 +265,70 @@ class Dispatcher:
             )
         if call is None:
             return await self.response_cache.run_once(
-                (connection.session, request.id), lambda: self.run(connection, request, sink)
+                (connection.session, request.id),
+                lambda: self.run(connection, request, sink, transport),
             )
         ran = False
 
         def compute() -> Awaitable[Response]:
             nonlocal ran
             ran = True
-            return self.run(connection, request, sink)
+            return self.run(connection, request, sink, transport)
 
         answer = await self.response_cache.run_once((connection.session, request.id), compute)
         call.cached = not ran
         return answer
 
     async def run(
-        self, connection: Connection, request: Request, sink: Sink | None = None
+        self,
+        connection: Connection,
+        request: Request,
+        sink: Sink | None = None,
+        transport: Transport | None = None,
     ) -> Response:
         """Run the request's handler (no at-most-once, no middleware): its Response.
 
         Under the request's deadline (the smaller of ``meta.timeout`` and `handler_timeout`:
-        408 past it), cancellable by the sender (``siyi.cancel``: 499), §9 and §10.
+        408 past it), cancellable by the sender (``siyi.cancel``: 499), §9 and §10. The
+        `transport` that carried the request goes on the log lines of a failure, a 408, a 499.
         """
         route = self.routes.get(request.command)
         if route is not None and route.stream:
-            answer: Awaitable[Response] = self._stream(route, connection, request, sink)
+            answer: Awaitable[Response] = self._stream(route, connection, request, sink, transport)
         else:
             handler: Callable[..., Any] | None = route or self.request_handler
             if handler is None:
                 return Response.fail(
                     request.id, f"unknown command: {request.command!r}", StatusCode.UNKNOWN_COMMAND
                 )
-            answer = call_request_handler(handler, (connection, request), request, connection)
-        return await self._within_deadline(connection, request, answer)
+            answer = call_request_handler(
+                handler, (connection, request), request, connection, transport
+            )
+        return await self._within_deadline(connection, request, answer, transport)
 
     def _within_deadline(
-        self, connection: Connection, request: Request, answer: Awaitable[Response]
+        self,
+        connection: Connection,
+        request: Request,
+        answer: Awaitable[Response],
+        transport: Transport | None,
     ) -> Awaitable[Response]:
-        return connection.runs.run(request, answer, self.settings.handler_timeout, connection)
+        return connection.runs.run(
+            request, answer, self.settings.handler_timeout, connection, transport
+        )
 
     def _stream(
-        self, route: Route, connection: Connection, request: Request, sink: Sink | None
+        self,
+        route: Route,
+        connection: Connection,
+        request: Request,
+        sink: Sink | None,
+        transport: Transport | None,
     ) -> Awaitable[Response]:
         """A streaming command: its items to `sink` as chunks, else as one array (§10)."""
         start = functools.partial(route.invoke, connection, request)
-        return answer_stream(
-            connection.runs, request, start, sink, self.settings.max_message_size, connection
-        )
+        limit = self.settings.max_message_size
+        return answer_stream(connection.runs, request, start, sink, limit, connection, transport)
 
     # Events ----------------------------------------------------------------------------------
 
@@ -319,7 +344,7 @@ class Dispatcher:
         if self.calls is not None:
             self.calls.events += 1
         if not self.chain:
-            await self._deliver(connection, event)
+            await self._deliver(connection, event, transport)
             return
         call = ServerCall(event, "in", connection, transport)
         await self.chain.run(call, self._deliver_call)
@@ -327,9 +352,11 @@ class Dispatcher:
     async def _deliver_call(self, call: ServerCall) -> None:
         assert isinstance(call.packet, Event)
         assert call.connection is not None
-        await self._deliver(call.connection, call.packet)
+        await self._deliver(call.connection, call.packet, call.transport)
 
-    async def _deliver(self, connection: Connection, event: Event) -> None:
+    async def _deliver(
+        self, connection: Connection, event: Event, transport: Transport | None
+    ) -> None:
         typed = self.typed_events.get(event.name)
         if typed is not None:
             try:
@@ -340,15 +367,17 @@ class Dispatcher:
                     event.name,
                     typed.model.__name__,
                     format_validation_error(exc),
-                    extra=call_extra(event, connection),
+                    extra=call_extra(event, connection, transport),
                 )
             else:
-                for typed_handler in typed.handlers:
+                for on_typed in typed.handlers:
                     await call_event_handler(
-                        typed_handler, (connection, model), event.name, connection, event.id
+                        on_typed, (connection, model), event.name, connection, event.id, transport
                     )
         for handler in self.event_handlers:
-            await call_event_handler(handler, (connection, event), event.name, connection, event.id)
+            await call_event_handler(
+                handler, (connection, event), event.name, connection, event.id, transport
+            )
 
     # Outgoing --------------------------------------------------------------------------------
 

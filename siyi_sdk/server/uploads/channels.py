@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -16,7 +16,13 @@ __all__ = ["Channel", "HttpChannel", "WebSocketChannel"]
 
 
 class Channel:
-    """How the bytes of one part arrive."""
+    """How the bytes of one part arrive.
+
+    Attributes:
+        transport: what carries it, as logs and a middleware's `ServerCall` name it.
+    """
+
+    transport: ClassVar[Literal["websocket", "http"]]
 
     def chunks(self, spec: Spec) -> AsyncGenerator[bytes, None]:
         """The part's bytes as they come (`Interrupted` when they stop before the end)."""
@@ -29,6 +35,8 @@ class Channel:
 
 class HttpChannel(Channel):
     """A part as the body of ``POST /upload``."""
+
+    transport = "http"
 
     def __init__(self, request: web.Request, idle_timeout: float) -> None:
         self.request = request
@@ -54,6 +62,8 @@ class HttpChannel(Channel):
 
 class WebSocketChannel(Channel):
     """A part as the binary frames of a WebSocket at ``/upload``, and its digest frame."""
+
+    transport = "websocket"
 
     def __init__(self, ws: web.WebSocketResponse, idle_timeout: float) -> None:
         self.ws = ws

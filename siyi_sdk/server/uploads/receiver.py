@@ -3,6 +3,9 @@
 `Receiver.receive` is what both channels (HTTP and WebSocket) call once they have read a
 part's declaration; it answers the part, stores a completed file and runs the `on_upload`
 handlers.
+
+Its log lines carry the upload's id, the session's tag and the transport as ``extra``
+(`logs.call_extra`): never the session key, never a byte of the file.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import time
 import uuid
 from typing import Literal
 
+from ...logs import call_extra
 from ...outcome import call_event_handler
 from ...packets import Request, Response, StatusCode
 from ...wire import RESUME_FROM
 from ..connection import Connection, ServerCall
 from ..dispatch import Dispatcher
 from ..lifecycle import Lifecycle
-from .channels import Channel, WebSocketChannel
+from .channels import Channel
 from .options import UploadOptions
 from .parts import Answer, Interrupted, Refusal, Spec, fail, unknown
 from .records import Done, Owner, Partial, StoredFile, UploadHandler, wire
@@ -112,7 +116,11 @@ class Receiver:
                 await self._store.discard(partial)
             return fail(upload_id, exc.status, str(exc), exc.code, exc.received)
         except OSError:
-            logger.exception("upload %s could not be stored", upload_id)
+            logger.exception(
+                "upload %s could not be stored",
+                upload_id,
+                extra=call_extra(session=session, transport=channel.transport, upload_id=upload_id),
+            )
             return fail(
                 upload_id,
                 500,
@@ -200,24 +208,31 @@ class Receiver:
             await asyncio.shield(sink.close())
             self._options.bytes_received += sink.written
         if interrupted is not None:
-            return await self._interrupted(partial, interrupted)
+            return await self._interrupted(partial, interrupted, session, channel.transport)
         if partial.received < partial.size:
             # A part that ends before the last byte (a client sending in several parts).
             return Answer(Response.success(spec.upload_id, partial.status()), 202)
         try:
             partial.declared.update(await channel.final_digests(spec, partial))
         except Interrupted as exc:
-            return await self._interrupted(partial, exc)
-        transport: Literal["websocket", "http"] = (
-            "websocket" if isinstance(channel, WebSocketChannel) else "http"
-        )
-        return await self._complete(partial, session, transport)
+            return await self._interrupted(partial, exc, session, channel.transport)
+        return await self._complete(partial, session, channel.transport)
 
-    async def _interrupted(self, partial: Partial, exc: Interrupted) -> Answer | None:
+    async def _interrupted(
+        self,
+        partial: Partial,
+        exc: Interrupted,
+        session: Connection,
+        transport: Literal["websocket", "http"],
+    ) -> Answer | None:
+        tags = call_extra(session=session, transport=transport, upload_id=partial.upload_id)
         if not partial.resumable:
             await self._store.discard(partial)  # nobody can name it again: keep nothing
             logger.info(
-                "upload %s interrupted (%s); it had no id, nothing kept", partial.upload_id, exc
+                "upload %s interrupted (%s); it had no id, nothing kept",
+                partial.upload_id,
+                exc,
+                extra=tags,
             )
         else:
             logger.info(
@@ -226,6 +241,7 @@ class Receiver:
                 partial.received,
                 partial.size,
                 exc,
+                extra=tags,
             )
         if exc.stalled:
             return fail(
@@ -247,7 +263,12 @@ class Receiver:
             if actual[algorithm] != expected:
                 await self._store.discard(partial)
                 logger.warning(
-                    "upload %s failed its %s check; discarded", partial.upload_id, algorithm
+                    "upload %s failed its %s check; discarded",
+                    partial.upload_id,
+                    algorithm,
+                    extra=call_extra(
+                        session=session, transport=transport, upload_id=partial.upload_id
+                    ),
                 )
                 return fail(
                     partial.upload_id,
@@ -256,7 +277,7 @@ class Receiver:
                     f"{actual[algorithm]}, not {expected}; nothing was kept",
                 )
         if not self._dispatcher.chain:
-            return await self._store_complete(partial, session, actual)
+            return await self._store_complete(partial, session, actual, transport)
         # The completion passes the server's middleware chain like any call (a Request named
         # "siyi.upload"): a middleware sees it, and may refuse it (the bytes are then dropped).
         upload = Request.make(
@@ -266,7 +287,7 @@ class Receiver:
         stored: list[Answer] = []
 
         async def store(call: ServerCall) -> Response:
-            stored.append(await self._store_complete(partial, session, actual))
+            stored.append(await self._store_complete(partial, session, actual, transport))
             return stored[0].response
 
         answer = await self._dispatcher.chain.run(
@@ -282,7 +303,11 @@ class Receiver:
         return fail(partial.upload_id, status, answer.error or "refused", answer.code)
 
     async def _store_complete(
-        self, partial: Partial, session: Connection, actual: dict[str, str]
+        self,
+        partial: Partial,
+        session: Connection,
+        actual: dict[str, str],
+        transport: Literal["websocket", "http"],
     ) -> Answer:
         file_id = uuid.uuid4().hex
         path = await self._store.run(self._store.store_file, partial, file_id)
@@ -297,7 +322,20 @@ class Receiver:
         )
         if partial.resumable:
             self._store.completed[partial.upload_id] = Done(stored, time.monotonic(), partial.owner)
-        logger.info("upload %s stored as %s (%d bytes)", partial.upload_id, path, stored.size)
+        upload_id = partial.upload_id
+        if logger.isEnabledFor(logging.INFO):
+            # Tested first: the tags hash the session's key, which an upload that logs
+            # nothing should not pay for.
+            logger.info(
+                "upload %s stored as %s (%d bytes)",
+                upload_id,
+                path,
+                stored.size,
+                extra=call_extra(session=session, transport=transport, upload_id=upload_id),
+            )
         for handler in self.handlers:
-            self._lifecycle.spawn(call_event_handler(handler, (session, stored), "upload"))
+            run = call_event_handler(
+                handler, (session, stored), "upload", session, None, transport, upload_id
+            )
+            self._lifecycle.spawn(run)
         return Answer(Response.success(partial.upload_id, wire(stored)), 200)

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from ...logs import call_extra
 from .records import PARTIAL, Done, Owner, Partial
 
 __all__ = ["UploadStore"]
@@ -107,6 +108,7 @@ class UploadStore:
                     partial.name,
                     partial.received,
                     partial.size,
+                    extra=call_extra(upload_id=upload_id),
                 )
                 await self.discard(partial)
         for upload_id, done in list(self.completed.items()):
@@ -179,7 +181,12 @@ class UploadStore:
                     last_active=time.monotonic() - idle,
                 )
             except (KeyError, TypeError, ValueError):
-                logger.warning("partial upload %s: unreadable state in %s", upload_id, directory)
+                logger.warning(
+                    "partial upload %s: unreadable state in %s",
+                    upload_id,
+                    directory,
+                    extra=call_extra(upload_id=upload_id),
+                )
                 return None
             self.partials[upload_id] = partial
         return partial
