@@ -343,3 +343,27 @@ def test_a_client_loads_no_server_no_redis_and_no_opentelemetry() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["False False", "False False", "True False", "True"]
+
+
+MAX_LINES = 400
+_STATED = re.compile(r"Why (?:one module of )?(about|a little over) ([\d,]+) lines")
+
+
+def test_every_module_is_short_or_says_why() -> None:
+    """Under 400 lines, or its docstring says why (and the size it gives is about right)."""
+    unexplained: list[str] = []
+    stale: list[str] = []
+    for name, path in module_names().items():
+        source = path.read_text(encoding="utf-8")
+        lines = source.count("\n")
+        if lines <= MAX_LINES:
+            continue
+        stated = _STATED.search(ast.get_docstring(ast.parse(source)) or "")
+        if stated is None:
+            unexplained.append(f"{name} ({lines} lines)")
+        else:
+            size = int(stated.group(2).replace(",", ""))
+            if abs(size - lines) > 0.15 * lines or (stated.group(1) != "about" and lines < size):
+                stale.append(f"{name}: says {stated.group(1)} {size}, has {lines}")
+    assert not unexplained, f"over {MAX_LINES} lines with no reason given: {unexplained}"
+    assert not stale, f"the size a module states is out of date: {stale}"

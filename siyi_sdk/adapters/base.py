@@ -6,7 +6,7 @@ around what it sends (`send_packet`, `send_event`) and what it receives (`handle
 wraps the subclass's own `send_packet` and `send_event` (see `adapters.middleware`), so the
 method a user implements and the call a user makes stay `send_packet`.
 
-Why one module of a little over 400 lines: it is the contract a user's adapter implements
+Why one module of about 470 lines: it is the contract a user's adapter implements
 (`Adapter`, the session it shares, its modes), documented in one place; the machinery behind
 it lives elsewhere (`adapters.middleware`, `calls`, `outcome`).
 """
