@@ -24,6 +24,8 @@ from aiohttp import WSMsgType, web
 SESSION = "X-Siyi-Session"
 LIMIT = 4 * 1024 * 1024
 UPLOAD_LIMIT = 1024 * 1024
+MAX_IN_FLIGHT = 1000
+URL_SECRETS = {"key", "token", "access_token", "auth", "authorization"}
 HEARTBEAT = 0.5
 KEYS = {"key-alice": "alice", "key-bob": "bob"}
 STREAMING = {"count"}
@@ -57,6 +59,12 @@ class Flaws:
     """What was buffered for a session is lost when it reconnects (§7 replay)."""
     shares_sessions: bool = False
     """A session key is honoured whoever presents it (§7 ownership)."""
+    keeps_session_on_close: bool = False
+    """A WebSocket closed with 1000 leaves its session resumable (§7 End)."""
+    no_in_flight_bound: bool = False
+    """Requests in flight on one WebSocket are not bounded: none gets 429 (§4)."""
+    accepts_key_in_query: bool = False
+    """A key in the URL's query string is taken like the header (§7 Keys)."""
 
 
 class Refused(Exception):
@@ -155,6 +163,7 @@ class PlainServer:
         self.uploads: dict[str, Upload] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.sockets: set[web.WebSocketResponse] = set()
+        self.in_flight: dict[web.WebSocketResponse, int] = {}
         self.app = web.Application(client_max_size=LIMIT)
         self.app.router.add_get("/", self.websocket)
         self.app.router.add_post("/general", self.general)
@@ -200,6 +209,11 @@ class PlainServer:
     def principal(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")
         token = header[len("Bearer ") :] if header.startswith("Bearer ") else None
+        in_url = [name for name in request.query if name.lower() in URL_SECRETS]
+        if in_url and self.flaws.accepts_key_in_query:
+            token = token or request.query[in_url[0]]
+        elif in_url:
+            raise Refused(401, "unauthorized: keys in the URL are refused")
         for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
             if offered.strip().startswith("bearer."):
                 token = offered.strip()[len("bearer.") :]
@@ -284,7 +298,7 @@ class PlainServer:
             self.sockets.discard(ws)
             if session.ws is ws:
                 session.ws = None
-            if ws.close_code == 1000:
+            if ws.close_code == 1000 and not self.flaws.keeps_session_on_close:
                 self.sessions.pop(session.key, None)
         return ws
 
@@ -303,12 +317,25 @@ class PlainServer:
             return ok(packet["id"], None, self.flaws)
         if ws is None:
             return await self.run_once(session, packet, None)
+        running = self.in_flight.get(ws, 0)
+        if running >= MAX_IN_FLIGHT and not self.flaws.no_in_flight_bound:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_str(json.dumps(error(packet["id"], 429, "busy: too many in flight")))
+            return None
+        self.in_flight[ws] = running + 1
 
         async def answer() -> None:
-            response = await self.run_once(session, packet, ws)
-            if not ws.closed:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await ws.send_str(json.dumps(response))
+            try:
+                response = await self.run_once(session, packet, ws)
+                if not ws.closed:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_str(json.dumps(response))
+            finally:
+                left = self.in_flight.get(ws, 1) - 1
+                if left:
+                    self.in_flight[ws] = left
+                else:
+                    self.in_flight.pop(ws, None)
 
         self.spawn(answer())
         return None
@@ -345,9 +372,11 @@ class PlainServer:
             meta = packet.get("meta") or {}
             timeout = meta.get("timeout") if isinstance(meta, dict) else None
             window = meta.get("window") if isinstance(meta, dict) and ws is not None else None
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
             try:
-                async with asyncio.timeout(timeout):
-                    data = await self.command(session, packet, window)
+                async with asyncio.timeout_at(deadline):
+                    data = await self.command(session, packet, window, deadline)
                 response = ok(request_id, data, self.flaws)
             except asyncio.CancelledError:
                 response = error(request_id, 499, "cancelled")
@@ -366,7 +395,9 @@ class PlainServer:
 
     # The reference commands -----------------------------------------------------------------
 
-    async def command(self, session: Session, packet: dict[str, Any], window: Any) -> Any:
+    async def command(
+        self, session: Session, packet: dict[str, Any], window: Any, deadline: float | None
+    ) -> Any:
         name, params = packet["command"], packet.get("params") or {}
         if name == "echo":
             return params
@@ -405,7 +436,10 @@ class PlainServer:
             return {"runs": self.runs.get(params["tag"], 0)}
         if name == "count":
             if window is None:
-                return list(range(params["n"]))
+                items = list(range(params["n"]))
+                if len(json.dumps(items, separators=(",", ":"))) > LIMIT:
+                    raise Failed(413, "too large: ask for a stream")
+                return items
             return await self.stream(session, packet["id"], params["n"], int(window))
         if name == "notify_me":
             await self.deliver(
@@ -420,6 +454,9 @@ class PlainServer:
             return {"sent": True}
         if name == "ask_me":
             asked_id = str(uuid.uuid4())
+            wait = float(params.get("timeout", 10))
+            if deadline is not None:  # what is left of this request's own budget (§9)
+                wait = min(wait, deadline - asyncio.get_running_loop().time())
             waiting: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             session.asked[asked_id] = waiting
             await self.deliver(
@@ -429,11 +466,15 @@ class PlainServer:
                     "type": "request",
                     "command": params["command"],
                     "params": params.get("params"),
+                    "meta": {"timeout": wait},
                 },
             )
-            async with asyncio.timeout(params.get("timeout", 10)):
+            async with asyncio.timeout(wait):
                 answer = await waiting
-            return {k: answer.get(k) for k in ("status", "code", "data", "error")}
+            read = {k: answer.get(k) for k in ("status", "code", "data", "error")}
+            if "code" not in answer:  # the seed's older form (§2)
+                read["code"] = 0 if answer.get("status") == "ok" else 1
+            return read
         if name == "whoami":
             return {"principal": session.principal}
         if name == "recorded":

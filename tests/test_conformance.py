@@ -134,6 +134,9 @@ async def test_plain_aiohttp_server_passes_every_case() -> None:
         ("ignores_cancel", {"s10.cancel_websocket", "s10.cancel_http", "s10.stream_cancel"}),
         ("loses_buffer_on_resume", {"s7.replay_after_reconnect"}),
         ("shares_sessions", {"s7.session_owned_by_principal"}),
+        ("keeps_session_on_close", {"s7.clean_close_ends_session"}),
+        ("no_in_flight_bound", {"s4.in_flight_bound"}),
+        ("accepts_key_in_query", {"s7.key_in_query_refused"}),
     ],
 )
 async def test_a_broken_server_fails_the_case_of_its_rule(flaw: str, cases: set[str]) -> None:
@@ -211,8 +214,23 @@ async def test_skips_without_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.ok
 
 
+async def test_an_unknown_in_flight_bound_skips_its_case() -> None:
+    # --max-in-flight 0: the suite cannot know the bound, so it does not guess one.
+    report = await run_suite(
+        Target("http://127.0.0.1:1", max_in_flight=0), [CASES["s4.in_flight_bound"]]
+    )
+    assert [r.outcome for r in report.results] == [Outcome.SKIP]
+
+
+def test_cases_run_in_section_order_and_the_readme_counts_them() -> None:
+    sections = [int(case.section.removeprefix("s")) for case in CASES.values()]
+    assert sections == sorted(sections)
+    readme = (PACKAGE.parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"suite of {len(CASES)} named cases" in readme
+
+
 def test_the_suite_imports_nothing_of_siyi_but_itself() -> None:
-    for module in ("probe", "registry", "cases", "runner", "__init__"):
+    for module in ("probe", "registry", "cases", "cases_more", "runner", "__init__"):
         tree = ast.parse((PACKAGE / f"{module}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):

@@ -71,6 +71,14 @@ def add_conformance_parser(commands: argparse._SubParsersAction[argparse.Argumen
         metavar="BYTES",
         help="the server's upload size limit (104857600)",
     )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="the server's bound on requests in flight from one connection (1000; 0: unknown, "
+        "its case is skipped)",
+    )
     parser.set_defaults(run=run_conformance, log_level=logging.WARNING)
 
 
@@ -105,6 +113,7 @@ async def run_conformance(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             max_message_size=args.max_message_size,
             max_upload_size=args.max_upload_size,
+            max_in_flight=args.max_in_flight,
         )
     except ValueError as exc:
         tell(args, str(exc))

@@ -1,9 +1,10 @@
 """The conformance suite: does a server speak the siyi protocol (PROTOCOL.md §1–§11)?
 
 ``siyi conformance URL`` runs it. It needs nothing of siyi's server or client code: the modules
-`probe`, `registry`, `cases` and `runner` speak to the URL with plain aiohttp and raw JSON, so
-they judge the wire and can judge a server written in any language, provided it serves the
-reference command set (the README's "Conformance" section; `cases.REFERENCE_COMMANDS`).
+`probe`, `registry`, `cases`, `cases_more` and `runner` speak to the URL with plain aiohttp and
+raw JSON, so they judge the wire and can judge a server written in any language, provided it
+serves the reference command set (the README's "Conformance" section;
+`cases.REFERENCE_COMMANDS`).
 
 `siyi_sdk.conformance.reference` is the other side: the reference command set on siyi's own
 `ProtocolServer` (``siyi serve --conformance``). It is imported only when asked for.

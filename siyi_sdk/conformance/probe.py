@@ -127,6 +127,8 @@ class Target:
         timeout: the bound on every wait for an answer, in seconds.
         max_message_size: the server's packet size limit, in bytes (PROTOCOL.md §4).
         max_upload_size: the server's upload size limit, in bytes (PROTOCOL.md §8).
+        max_in_flight: the server's bound on requests in flight from one connection
+            (PROTOCOL.md §4); 0 when it is unknown (the case of that rule is skipped).
         ssl: the TLS setting for aiohttp (True: verify against the system's CAs, as default;
             an `ssl.SSLContext` to trust another CA).
     """
@@ -137,6 +139,7 @@ class Target:
     timeout: float = 5.0
     max_message_size: int = 4 * 1024 * 1024
     max_upload_size: int = 100 * 1024 * 1024
+    max_in_flight: int = 1000
     ssl: Any = True
     http: aiohttp.ClientSession | None = field(default=None, repr=False)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])

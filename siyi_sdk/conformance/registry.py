@@ -41,7 +41,12 @@ class Case:
 
 
 CASES: dict[str, Case] = {}
-"""Every case, by name, in the order they run."""
+"""Every case, by name, in the order they run: by section, then in the order registered."""
+
+
+def _section_number(name: str) -> int:
+    digits = name.split(".", 1)[0].removeprefix("s")
+    return int(digits) if digits.isdigit() else 0
 
 
 def case(
@@ -57,6 +62,10 @@ def case(
         if name in CASES:
             raise ValueError(f"two cases are named {name!r}")
         CASES[name] = Case(name, rule, function, needs_key, needs_key2)
+        # Cases come from more than one module: keep them in the order of PROTOCOL.md.
+        ordered = sorted(CASES.values(), key=lambda c: _section_number(c.name))
+        CASES.clear()
+        CASES.update((c.name, c) for c in ordered)
         return function
 
     return register

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 
 from .cases import REFERENCE_COMMANDS as _REFERENCE  # noqa: F401  (registers the cases)
+from .cases_more import items_over as _more  # noqa: F401  (registers the cases)
 from .probe import CaseFailedError, CaseSkippedError, Target
 from .registry import CASES, Case
 
