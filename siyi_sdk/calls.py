@@ -18,6 +18,7 @@ one rule would reach across modules.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import math
@@ -295,11 +296,36 @@ def _deadline_passed(run: _Run) -> None:
     run.stop(StatusCode.TIMEOUT)
 
 
+def _discard(answer: Awaitable[Any]) -> None:
+    """Drop a run that will not be awaited: close its coroutine, cancel its future."""
+    if inspect.iscoroutine(answer):
+        answer.close()
+    elif isinstance(answer, asyncio.Future):
+        answer.cancel()
+
+
+EARLY_CANCEL_TTL: Final = 5.0
+"""Seconds a ``siyi.cancel`` for a request not running yet is kept for that request."""
+EARLY_CANCEL_MAX: Final = 64
+"""Such cancels kept at most per session (the oldest go first)."""
+
+
 class Runs:
-    """The requests this side is answering for one session: their deadlines, cancels, acks."""
+    """The requests this side is answering for one session: their deadlines, cancels, acks.
+
+    A cancel can overtake its request's start: read in the same batch of frames as the request
+    (its task has not run yet), or while the request waits for its at-most-once check. Such a
+    cancel is kept a few seconds (`EARLY_CANCEL_TTL`, at most `EARLY_CANCEL_MAX` of them), and
+    the request, when it starts, is answered 499 without running. A cancel for a request
+    answered already is kept the same way and changes nothing: a repeat of that id is answered
+    from the at-most-once record (§6), which keeps its answer far longer.
+    """
+
+    __slots__ = ("_early", "_runs")
 
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
+        self._early: dict[str, float] | None = None  # made for the first early cancel
 
     async def run(
         self,
@@ -319,9 +345,17 @@ class Runs:
         Both ends are logged, with `session`'s hashed key and the `transport` that carried the
         request (`logs.call_extra`): given as they are, they cost nothing until a line is logged.
         """
+        rid = request.id
+        if self._early is not None and self._withdrawn(rid):
+            _discard(answer)
+            logger.debug(
+                "the sender withdrew %r before it started: answered 499",
+                request.command,
+                extra=call_extra(request, session, transport),
+            )
+            return Response.fail(rid, CANCELLED_MESSAGE, StatusCode.CANCELLED)
         sent = requested_timeout(request)
         timeout = limit if sent is None else sent if limit is None else min(limit, sent)
-        rid = request.id
         task = asyncio.current_task()
         run = _Run(task)
         ours = rid not in self._runs
@@ -368,9 +402,35 @@ class Runs:
                 del self._runs[rid]
 
     def cancel(self, request_id: str) -> bool:
-        """Cancel the run of `request_id`; False (nothing changes) if none is running."""
+        """Cancel the run of `request_id`; False if none is running (then kept a while).
+
+        A request that starts within `EARLY_CANCEL_TTL` seconds is answered 499 unrun.
+        """
         run = self._runs.get(request_id)
-        return run is not None and run.stop(StatusCode.CANCELLED)
+        if run is not None:
+            return run.stop(StatusCode.CANCELLED)
+        early = self._early
+        if early is None:
+            early = self._early = {}
+        early.pop(request_id, None)
+        early[request_id] = time.monotonic() + EARLY_CANCEL_TTL
+        if len(early) > EARLY_CANCEL_MAX:
+            del early[next(iter(early))]
+        return False
+
+    def _withdrawn(self, request_id: str) -> bool:
+        """Whether a cancel for `request_id` came before it started (and is still fresh)."""
+        early = self._early
+        assert early is not None
+        until = early.pop(request_id, None)
+        now = time.monotonic()
+        for rid, expires in list(early.items()):  # oldest first: stop at the first fresh one
+            if expires > now:
+                break
+            del early[rid]
+        if not early:
+            self._early = None
+        return until is not None and until > now
 
     def ack(self, request_id: str, seq: int) -> None:
         """The requester consumed every chunk of `request_id` up to `seq` (cumulative)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +23,18 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.client import connect
 
-from siyi_sdk import Connection, ProtocolClient, ProtocolServer
+from siyi_sdk import (
+    Connection,
+    ProtocolClient,
+    ProtocolServer,
+    Request,
+    Response,
+    StatusCode,
+    calls,
+)
+from siyi_sdk.adapters.websocket import _transport_of
+from siyi_sdk.calls import EARLY_CANCEL_MAX, Runs
+from siyi_sdk.frames import text_frames
 from siyi_sdk.packets import SESSION_HEADER
 
 from .conftest import (
@@ -332,6 +344,68 @@ async def test_a_cancel_answers_499_once_for_all_and_an_unknown_id_gets_no_frame
         await ws.send(request("p1", "ping"))
         assert await recv_frame(ws) == ok_response("p1", "pong")
     assert blocker.runs == 1
+
+
+async def test_a_cancel_read_with_its_request_answers_499_whether_or_not_it_had_started(
+    make_server: ServerFactory,
+) -> None:
+    """Request and cancel in one TCP write: the server reads both before the handler's task
+    runs on 3.11 (the cancel comes first: kept, and the request answered 499 unrun); on 3.12+
+    the task starts eagerly and the cancel stops it. Either way: 499, and nothing finishes."""
+    state = await started(make_server)
+    blocker = state.blocker
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url(state.server)) as ws:
+        await wait_for(ws.receive())  # the greeting
+        transport = _transport_of(ws)
+        assert isinstance(transport, asyncio.WriteTransport)
+        both = [request("r1", "block").encode(), cancel("e1", "r1").encode()]
+        transport.write(text_frames(both, masked=True))
+        answer = json.loads((await wait_for(ws.receive())).data)
+        assert answer == error_response("r1", 499, answer)
+        if sys.version_info < (3, 12):
+            assert blocker.runs == 0  # answered without running
+        assert not blocker.started.is_set() or blocker.cancelled.is_set()
+        await ws.send_str(request("p1", "ping"))  # the connection goes on
+        assert json.loads((await wait_for(ws.receive())).data) == ok_response("p1", "pong")
+
+
+async def test_an_early_cancel_is_kept_briefly_and_boundedly() -> None:
+    """`Runs`: a cancel for a request not running yet stops it when it starts, if it starts
+    within `EARLY_CANCEL_TTL`; at most `EARLY_CANCEL_MAX` such cancels are kept per session."""
+    runs = Runs()
+    ran: list[str] = []
+
+    async def handler(rid: str) -> Response:
+        ran.append(rid)
+        return Response.success(rid, data="ran")
+
+    assert runs.cancel("early") is False
+    answer = await runs.run(Request(id="early", command="x"), handler("early"), None)
+    assert answer.code == StatusCode.CANCELLED
+    assert ran == []
+    # Used once: a later request with that id (after its record is gone) runs.
+    assert (await runs.run(Request(id="early", command="x"), handler("early"), None)).ok
+    for n in range(EARLY_CANCEL_MAX + 50):
+        runs.cancel(f"unknown-{n}")
+    assert 0 < len(runs._early or {}) <= EARLY_CANCEL_MAX
+    # The oldest went first: the first 50 are no longer kept, the last one is.
+    assert (await runs.run(Request(id="unknown-0", command="x"), handler("u0"), None)).ok
+    last = f"unknown-{EARLY_CANCEL_MAX + 49}"
+    assert (await runs.run(Request(id=last, command="x"), handler("u"), None)).code == 499
+
+
+async def test_an_early_cancel_past_its_time_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(calls, "EARLY_CANCEL_TTL", 0.0)
+    runs = Runs()
+
+    async def handler() -> Response:
+        return Response.success("late", data="ran")
+
+    runs.cancel("late")
+    assert (await runs.run(Request(id="late", command="x"), handler(), None)).ok
+    assert runs._early is None  # forgotten: nothing kept once nothing is fresh
 
 
 async def test_a_cancel_posted_to_general_answers_the_running_http_request_499(
