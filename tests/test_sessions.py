@@ -537,6 +537,31 @@ async def test_an_attached_or_polling_session_does_not_expire() -> None:
             assert list(server.sessions) == [attached]
 
 
+async def test_a_reconnect_right_after_a_clean_close_finds_no_session() -> None:
+    """The session ends as the goodbye is read, not after the disconnect handlers: a client
+    that comes straight back with the old key, while a slow handler still runs, starts anew."""
+    async with running_server() as server:
+        release = asyncio.Event()
+        in_handler = asyncio.Event()
+
+        @server.on_disconnect
+        async def slow_goodbye(connection: Connection) -> None:
+            in_handler.set()
+            await release.wait()
+
+        async with connect(ws_url(server)) as ws:
+            key = (await greeting_of(ws))["session"]
+        # The close (1000) was answered; the disconnect handler now waits.
+        await wait_for(in_handler.wait())
+        try:
+            async with connect(ws_url(server), additional_headers=session_headers(key)) as ws:
+                data = await greeting_of(ws)
+                assert data["resumed"] is False
+                assert data["session"] != key
+        finally:
+            release.set()
+
+
 async def test_a_clean_disconnect_ends_the_session_a_drop_leaves_it_resumable() -> None:
     async with running_server() as server:  # the default ttl: nothing here expires
         watch = Watch(server)

@@ -114,7 +114,13 @@ class WebSocketEndpoint:
             lifecycle.peers.discard(peer)
             lifecycle.stats.peer_closed(peer)  # in the same step: no frame counted twice
             attached = session.detach(peer)
-            if attached:
+            # The client said goodbye (1000): its session is over; a drop leaves it resumable.
+            # Ended here, before anything below awaits (the backplane, the disconnect handlers):
+            # the close was answered already, and a reconnect with the key must find no session.
+            goodbye = peer.remote_close_code == 1000 and (attached or session.peer is None)
+            if goodbye:
+                self.gate.sessions.end(session)
+            elif attached:
                 self.gate.sessions.touch(session)
                 if self.backplane.shared:
                     await self.backplane.release(session)
@@ -128,9 +134,6 @@ class WebSocketEndpoint:
             if attached:
                 for handler in self.dispatcher.disconnect_handlers:
                     await call_event_handler(handler, (session,), "disconnect", session)
-            if peer.remote_close_code == 1000 and (attached or session.peer is None):
-                # The client said goodbye: its session is over (a drop leaves it resumable).
-                self.gate.sessions.end(session)
 
     async def _greet(self, session: Connection, peer: Peer, resumed: bool) -> None:
         # The session event first, then what waited in the buffer, then anything new.
