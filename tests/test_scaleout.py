@@ -39,6 +39,7 @@ from .conftest import (
     open_http_session,
     post_packet,
     recv_frame,
+    session_headers,
     wait_for,
     wait_until,
     ws_url,
@@ -478,3 +479,20 @@ async def test_a_burst_of_drops_does_not_look_like_redis_going_down(
     async with aiohttp.ClientSession() as http:
         got = await poll(http, b, keys[-1])
     assert [p["data"] for p in got] == [1]
+
+
+async def test_after_a_clean_close_is_answered_no_node_has_the_session(
+    make_cluster: Callable[..., Awaitable[Cluster]],
+) -> None:
+    """The close is answered once the session's end reached Redis: a client that comes
+    straight back with its key, on the other node, starts a new session."""
+    a, b = await make_cluster(2)
+    for _ in range(5):
+        async with connect(ws_url(a)) as ws:
+            key = (await greeting_of(ws))["session"]
+        # `async with` returned: the close was answered.
+        assert await b.find_session(key) is None
+        async with connect(ws_url(b), additional_headers=session_headers(key)) as ws:
+            data = await greeting_of(ws)
+            assert data["resumed"] is False
+            assert data["session"] != key

@@ -354,7 +354,7 @@ class ProtocolServer(Registration):
     def _session_ended(self, connection: Connection) -> None:
         self.lifecycle.stats.dropped += connection.dropped  # its drops outlive it in the count
         if self.backplane.shared:
-            self.lifecycle.spawn(self.backplane.end_session(connection))
+            connection.ending = self.lifecycle.spawn(self.backplane.end_session(connection))
         self.session_ended(connection)
 
     def session_ended(self, connection: Connection) -> None:

@@ -106,6 +106,8 @@ class Connection(Mailbox):
         """The server's middleware chain, which what is sent through this handle passes."""
         self.stats: ServerStats | None = None
         """The server's counters (`deliver` counts the events it is given)."""
+        self.ending: asyncio.Task[None] | None = None
+        """Once ended with a shared backplane: the task ending it there."""
         self.receives = False
         """True once the peer showed it takes packets (a WebSocket or a poll of /events):
         only then do broadcasts buffer for it while it is away."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 
@@ -22,6 +23,10 @@ from .lifecycle import Lifecycle, ServerSettings
 __all__ = ["WebSocketEndpoint"]
 
 logger = logging.getLogger(__name__)
+
+GOODBYE_WAIT = 1.0
+"""Seconds a goodbye's answer waits for the session's end in a shared backplane, and for the
+client to take the answer."""
 
 
 class WebSocketEndpoint:
@@ -52,6 +57,9 @@ class WebSocketEndpoint:
             # The Peer pings and answers pings itself (`liveness`): aiohttp's heartbeat costs
             # a callback per read.
             autoping=False,
+            # A client's close is answered by `_serve`, once a goodbye (1000) has ended the
+            # session everywhere: a client that comes straight back then finds it over.
+            autoclose=False,
             protocols=(SUBPROTOCOL,),
         )
         if not ws.can_prepare(request).ok:
@@ -115,12 +123,18 @@ class WebSocketEndpoint:
             lifecycle.stats.peer_closed(peer)  # in the same step: no frame counted twice
             attached = session.detach(peer)
             # The client said goodbye (1000): its session is over; a drop leaves it resumable.
-            # Ended here, before anything below awaits (the backplane, the disconnect handlers):
-            # the close was answered already, and a reconnect with the key must find no session.
+            # Ended before the close is answered (and a shared backplane's end awaited), so a
+            # client that comes straight back with the key, on any node, finds no session.
             goodbye = peer.remote_close_code == 1000 and (attached or session.peer is None)
             if goodbye:
                 self.gate.sessions.end(session)
-            elif attached:
+                ending = session.ending  # its end in a shared backplane, under way
+                if ending is not None:
+                    await asyncio.wait({ending}, timeout=GOODBYE_WAIT)
+            # The answer to the client's close (autoclose is off; a no-op if the socket is
+            # closed already), cut if the client does not take it.
+            await peer.close(1000, timeout=GOODBYE_WAIT)
+            if attached and not goodbye:
                 self.gate.sessions.touch(session)
                 if self.backplane.shared:
                     await self.backplane.release(session)
