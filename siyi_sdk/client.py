@@ -9,7 +9,7 @@ from typing import Any
 from .adapters.websocket import WebSocketAdapter
 from .calls import DEFAULT_WINDOW
 from .instrument import instrument
-from .packets import Event, Request, Response
+from .packets import Event, Request, Response, plain_arguments
 
 __all__ = ["ProtocolClient"]
 
@@ -87,9 +87,7 @@ class ProtocolClient(WebSocketAdapter):
             peer is None
             or self._middleware
             or type(self).send_packet is not _SEND_PACKET
-            or type(command) is not str
-            or not command
-            or (params is not None and type(params) is not dict)
+            or not plain_arguments(command, params)
         ):
             return await self.send_packet(Request.make(command, params), timeout=timeout)
         # What send_packet does with the Request, without building it and without its two

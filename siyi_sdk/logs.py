@@ -49,6 +49,7 @@ __all__ = [
     "UPLOAD_ID",
     "JsonFormatter",
     "SessionTagged",
+    "bad_packet_extra",
     "call_extra",
     "session_tag",
 ]
@@ -144,6 +145,24 @@ def call_extra(
     if upload_id is not None:
         extra[UPLOAD_ID] = upload_id
     return extra
+
+
+def bad_packet_extra(
+    packet_id: str | None,
+    packet_type: str | None,
+    session: SessionTagged | None,
+    transport: str,
+) -> dict[str, Any]:
+    """`call_extra` for a packet that failed to parse (a `ProtocolError`'s id and type).
+
+    Its id goes out as a request's (a request or response) or an event's, by its type.
+    """
+    return call_extra(
+        session=session,
+        transport=transport,
+        request_id=packet_id if packet_type in ("request", "response") else None,
+        event_id=packet_id if packet_type == "event" else None,
+    )
 
 
 class JsonFormatter(logging.Formatter):

@@ -140,6 +140,16 @@ def _is_id(value: object) -> bool:
 PacketId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
+def plain_arguments(command: object, params: object) -> bool:
+    """True when a Request of `command` with `params` can be built without pydantic.
+
+    What the model requires of them (a non-empty string, a dict or None), checked by hand: the
+    SDK's senders build Requests (or their frames) directly when it holds, else ask pydantic,
+    which then says what is wrong.
+    """
+    return type(command) is str and bool(command) and (params is None or type(params) is dict)
+
+
 class Request(BaseModel):
     """Ask the other side to run `command` with `params`; it answers with one Response.
 
@@ -177,12 +187,7 @@ class Request(BaseModel):
             pydantic.ValidationError: `command` is empty or not a string, or `params` is not
                 a dict.
         """
-        if (
-            type(command) is str
-            and command
-            and (params is None or type(params) is dict)
-            and (meta is None or type(meta) is dict)
-        ):
+        if plain_arguments(command, params) and (meta is None or type(meta) is dict):
             return _trusted(
                 cls,
                 {

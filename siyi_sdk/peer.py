@@ -46,7 +46,7 @@ from .errors import (
 from .expiry import Expired, Expiry
 from .frames import text_frames
 from .liveness import Liveness
-from .logs import SessionTagged, call_extra
+from .logs import SessionTagged, bad_packet_extra, call_extra
 from .outcome import encode_response, start_task
 from .packets import (
     Event,
@@ -60,6 +60,7 @@ from .packets import (
     new_id,
     parse_message,
 )
+from .wire import DEFAULT_MAX_IN_FLIGHT
 
 __all__ = [
     "DEFAULT_MAX_OUTBOX_BYTES",
@@ -210,7 +211,7 @@ class Peer:
         *,
         on_request: Callable[[Request], bytes | Awaitable[Response | bytes]],
         on_event: Callable[[Event], Awaitable[None]],
-        max_in_flight: int = 1000,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         label: str = "peer",
         on_response: Callable[[Response], bool] | None = None,
         transport: asyncio.BaseTransport | None = None,
@@ -395,13 +396,7 @@ class Peer:
     ) -> Response:
         """Send the frame of a registered request; its Response, or the error that ends it."""
         try:
-            writable = self._writable
-            # `can_send_at_once`, inline: every request passes here.
-            if (
-                self._coalesce
-                and writable is not None
-                and writable.get_write_buffer_size() + len(frame) < self._low_water
-            ):
+            if self._coalesce and self.can_send_at_once(len(frame)):
                 self._queue(frame)  # written with the others of this turn of the loop
             else:
                 await self.send_raw(frame)
@@ -426,7 +421,6 @@ class Peer:
             NotConnectedError: the connection is closed.
             ValueError: a request with the same id is already in flight here.
         """
-        self._check_open(request.id)
         timeout = stamp(request, timeout)  # the receiver holds the same deadline (§9)
         return self._register(request.id, timeout), timeout
 
@@ -728,17 +722,12 @@ class Peer:
             packet = parse_message(raw)
         except ProtocolError as exc:
             if logger.isEnabledFor(logging.DEBUG):
-                rid = exc.packet_id
-                kind = exc.packet_type
                 logger.debug(
                     "%s: bad frame: %s",
                     self.label,
                     exc,
-                    extra=call_extra(
-                        session=self.session,
-                        transport="websocket",
-                        request_id=rid if kind in ("request", "response") else None,
-                        event_id=rid if kind == "event" else None,
+                    extra=bad_packet_extra(
+                        exc.packet_id, exc.packet_type, self.session, "websocket"
                     ),
                 )
             if exc.packet_type == "response" and exc.packet_id is not None:

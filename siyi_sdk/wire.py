@@ -13,7 +13,9 @@ from typing import Final
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_UPLOAD_SIZE",
     "FILE_MD5_HEADER",
     "FILE_NAME_HEADER",
     "FILE_SHA256_HEADER",
@@ -27,6 +29,10 @@ __all__ = [
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 """The default size limit of one message (a WebSocket frame, a POST body), on both sides."""
+DEFAULT_MAX_UPLOAD_SIZE: Final = 100 * 1024 * 1024
+"""The default size limit of one uploaded file (PROTOCOL.md §8)."""
+DEFAULT_MAX_IN_FLIGHT: Final = 1000
+"""The default bound on requests running at once for one WebSocket (PROTOCOL.md §4)."""
 
 NDJSON: Final = "application/x-ndjson"
 """The media type of a streamed answer over HTTP: one packet per line (PROTOCOL.md §10)."""

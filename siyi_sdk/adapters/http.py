@@ -24,7 +24,7 @@ from ..errors import (
     error_for_response,
 )
 from ..instrument import instrument
-from ..logs import call_extra
+from ..logs import bad_packet_extra, call_extra
 from ..packets import (
     Event,
     Packet,
@@ -410,16 +410,12 @@ class HttpAdapter(Adapter):
                 try:
                     packet = parse_object(raw)
                 except ProtocolError as exc:
-                    rid, kind = exc.packet_id, exc.packet_type
                     logger.warning(
                         "%s: a polled packet is invalid: %s",
                         self.name,
                         exc,
-                        extra=call_extra(
-                            session=self.session,
-                            transport="http",
-                            request_id=rid if kind in ("request", "response") else None,
-                            event_id=rid if kind == "event" else None,
+                        extra=bad_packet_extra(
+                            exc.packet_id, exc.packet_type, self.session, "http"
                         ),
                     )
                     if exc.packet_id is not None:

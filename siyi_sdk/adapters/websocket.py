@@ -24,7 +24,7 @@ from ..errors import ConnectionClosedError, NotConnectedError
 from ..instrument import instrument
 from ..packets import TAKEN_OVER, Event, Request, RequestPacket, ResponsePacket
 from ..peer import Peer
-from ..wire import DEFAULT_MAX_MESSAGE_SIZE, FileInfo
+from ..wire import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGE_SIZE, FileInfo
 from .base import Adapter, AdapterMode
 from .connecting import connect_retrying, open_websocket, read_greeting, upgrade_headers
 from .tls import SSLOption, client_session
@@ -93,7 +93,7 @@ class WebSocketAdapter(Adapter):
         connect_timeout: float = 10.0,
         heartbeat_interval: float | None = 30.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_in_flight: int = 1000,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         headers: Mapping[str, str] | None = None,
         token: str | None = None,
         ssl: SSLOption = None,

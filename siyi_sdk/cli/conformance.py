@@ -13,6 +13,7 @@ from ..conformance import (
     select_cases,
 )
 from ..conformance.reference import make_keys
+from ..wire import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UPLOAD_SIZE
 from .common import EXIT_ERROR_RESPONSE, EXIT_NO_ANSWER, EXIT_OK, emit, tell
 
 __all__ = ["add_conformance_parser", "announce_reference", "reference_keys", "run_conformance"]
@@ -60,24 +61,24 @@ def add_conformance_parser(commands: argparse._SubParsersAction[argparse.Argumen
     parser.add_argument(
         "--max-message-size",
         type=int,
-        default=4 * 1024 * 1024,
+        default=DEFAULT_MAX_MESSAGE_SIZE,
         metavar="BYTES",
-        help="the server's packet size limit (4194304)",
+        help="the server's packet size limit (%(default)s)",
     )
     parser.add_argument(
         "--max-upload-size",
         type=int,
-        default=100 * 1024 * 1024,
+        default=DEFAULT_MAX_UPLOAD_SIZE,
         metavar="BYTES",
-        help="the server's upload size limit (104857600)",
+        help="the server's upload size limit (%(default)s)",
     )
     parser.add_argument(
         "--max-in-flight",
         type=int,
-        default=1000,
+        default=DEFAULT_MAX_IN_FLIGHT,
         metavar="N",
-        help="the server's bound on requests in flight from one connection (1000; 0: unknown, "
-        "its case is skipped)",
+        help="the server's bound on requests in flight from one connection (%(default)s; 0: "
+        "unknown, its case is skipped)",
     )
     parser.set_defaults(run=run_conformance, log_level=logging.WARNING)
 

@@ -28,7 +28,7 @@ from ..instrument import instrument
 from ..outcome import call_event_handler
 from ..packets import Request, Response
 from ..peer import DEFAULT_MAX_OUTBOX_BYTES, DEFAULT_MAX_PENDING_EVENTS
-from ..wire import DEFAULT_MAX_MESSAGE_SIZE
+from ..wire import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_UPLOAD_SIZE
 from .admin import Dashboard
 from .auth import Authenticate, Gate
 from .backplane import Backplane, MemoryBackplane
@@ -139,7 +139,7 @@ class ProtocolServer(Registration):
         *,
         heartbeat_interval: float | None = 30.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_in_flight: int = 1000,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES,
         request_timeout: float | None = 30.0,
@@ -158,7 +158,7 @@ class ProtocolServer(Registration):
         session_buffer: int = 1000,
         max_sessions: int = 10_000,
         upload_dir: str | os.PathLike[str] | None = None,
-        max_upload_size: int = 100 * 1024 * 1024,
+        max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE,
         upload_resume_ttl: float = 600.0,
         upload_path: str = "/upload",
         backplane: Backplane | None = None,

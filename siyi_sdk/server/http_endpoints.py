@@ -15,7 +15,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from .._version import __version__
 from ..calls import Sink
 from ..errors import BackplaneUnavailableError, ConnectionClosedError, ProtocolError
-from ..logs import call_extra
+from ..logs import bad_packet_extra
 from ..packets import (
     PROTOCOL_VERSION,
     SESSION_HEADER,
@@ -122,17 +122,11 @@ class HttpEndpoints:
             packet = parse_message(body)
         except ProtocolError as exc:
             if logger.isEnabledFor(logging.DEBUG):
-                rid, kind = exc.packet_id, exc.packet_type
                 logger.debug(
                     "bad packet in POST %s: %s",
                     request.path,
                     exc,
-                    extra=call_extra(
-                        session=caller.session,
-                        transport="http",
-                        request_id=rid if kind in ("request", "response") else None,
-                        event_id=rid if kind == "event" else None,
-                    ),
+                    extra=bad_packet_extra(exc.packet_id, exc.packet_type, caller.session, "http"),
                 )
             return packet_answer(Response.fail(exc.packet_id, str(exc), exc.code), 400)
         # Opened here, a session is provisional (§7) until its key is presented again.
