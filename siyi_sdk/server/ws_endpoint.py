@@ -131,13 +131,13 @@ class WebSocketEndpoint:
                 ending = session.ending  # its end in a shared backplane, under way
                 if ending is not None:
                     await asyncio.wait({ending}, timeout=GOODBYE_WAIT)
-            # The answer to the client's close (autoclose is off; a no-op if the socket is
-            # closed already), cut if the client does not take it.
-            await peer.close(1000, timeout=GOODBYE_WAIT)
-            if attached and not goodbye:
+            elif attached:
                 self.gate.sessions.touch(session)
                 if self.backplane.shared:
                     await self.backplane.release(session)
+            # The answer to the client's close (autoclose is off; a no-op if the socket is
+            # closed already), cut if the client does not take it.
+            await peer.close(1000, timeout=GOODBYE_WAIT)
             if logger.isEnabledFor(logging.DEBUG):  # else its key is not even hashed
                 logger.debug(
                     "%r disconnected (code %s)",
