@@ -44,7 +44,7 @@ from .errors import (
     error_for_response,
 )
 from .expiry import Expired, Expiry
-from .frames import text_frames
+from .frames import FrameTap, text_frames
 from .liveness import Liveness
 from .logs import SessionTagged, bad_packet_extra, call_extra
 from .outcome import encode_response, start_task
@@ -188,12 +188,14 @@ class Peer:
         "_on_response",
         "_pending",
         "_pongs",
+        "_reading",
         "_room",
         "_streams",
         "_transport",
         "_writable",
         "_ws",
         "busy",
+        "frame_limit",
         "handling",
         "label",
         "max_outbox_bytes",
@@ -242,6 +244,9 @@ class Peer:
         # Made for the first one: an idle connection's empty set would cost 216 bytes.
         self._background: set[asyncio.Task[None]] | None = None
         self._max_message_size = max_message_size
+        self.frame_limit = max_message_size
+        """The largest frame a `FrameTap` hands over (`frames.FrameTaker`)."""
+        self._reading = False  # the reader waits for a frame in `ws.receive()`
         self._transport = transport
         self._writable = transport if isinstance(transport, asyncio.WriteTransport) else None
         # Frames that can be sent at once (answers given at once, a client's requests) are
@@ -453,7 +458,11 @@ class Peer:
         if self.closed:
             return
         _, frame = cancel_packet(request_id)
-        task = asyncio.get_running_loop().create_task(self._send_quietly(frame))
+        self._spawn(self._send_quietly(frame))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        """Run `work` in a task of this peer's own, kept until it ends."""
+        task = asyncio.ensure_future(work)
         tasks = self._background
         if tasks is None:
             tasks = self._background = set()
@@ -574,21 +583,36 @@ class Peer:
         max_outbox = self.max_outbox_bytes
         if self._liveness is not None:
             self._liveness.start()
+        # The frames of a read go straight to `take_frame` while the reader waits (`frames`),
+        # where this peer writes its own frames (its replies then never need an await).
+        tap: FrameTap | None = getattr(ws, "frame_tap", None)
+        if tap is not None:
+            if self._coalesce:
+                tap.taker = self
+            else:
+                tap.retire()
         try:
             if first is not None and (rest := self._on_frame(first)) is not None:
                 await rest
             while True:
-                # Bounded memory (§4): read nothing more while the handler is behind or the
-                # other side does not read what it is sent. Two comparisons per frame.
-                events = self._events
-                if (events is not None and len(events) >= max_events) or (
-                    self.unsent + (writable.get_write_buffer_size() if writable is not None else 0)
-                    > max_outbox
-                ):
-                    await self._wait_for_room()
-                msg = await ws.receive()
+                self._reading = True
+                try:
+                    msg = await ws.receive()
+                finally:
+                    self._reading = False
                 kind = msg.type
                 if kind is _TEXT or kind is _BINARY:
+                    # Bounded memory (§4): no frame is handled while the handler is behind or
+                    # the other side does not read what it is sent, and meanwhile nothing more
+                    # is read (aiohttp's queue fills, then TCP holds the sender back). The
+                    # same test as `may_take`, in two comparisons per frame.
+                    events = self._events
+                    if (events is not None and len(events) >= max_events) or (
+                        self.unsent
+                        + (writable.get_write_buffer_size() if writable is not None else 0)
+                        > max_outbox
+                    ):
+                        await self._wait_for_room()
                     data = msg.data
                     self.received += FRAME_UNIT + len(data)
                     if limit is not None and len(data) * 4 > limit and _over(data, limit):
@@ -615,6 +639,8 @@ class Peer:
                     break
         finally:
             self._closed = True
+            if tap is not None:
+                tap.retire()
             if self._liveness is not None:
                 self._liveness.stop()
             if self._expiry is not None:
@@ -628,6 +654,33 @@ class Peer:
                             "before the response came"
                         )
                     )
+
+    def may_take(self) -> bool:
+        """True while a `FrameTap` may hand a frame over: see `frames.FrameTaker`.
+
+        The reader waits for a frame and would read one now: the same checks as before each
+        `receive` (bounded memory, §4), so a tapped read is held back exactly as a read is.
+        """
+        if not self._reading or self._closing or self._closed:
+            return False
+        events = self._events
+        if events is not None and len(events) >= self.max_pending_events:
+            return False
+        writable = self._writable
+        buffered = writable.get_write_buffer_size() if writable is not None else 0
+        return self.unsent + buffered <= self.max_outbox_bytes
+
+    def take_frame(self, text: str) -> None:
+        """Handle a text frame a `FrameTap` read, as the reader handles one it receives."""
+        self.received += FRAME_UNIT + len(text)
+        try:
+            rest = self._on_frame(text)
+        except Exception:  # a bug: end this connection, as the reader's task would end
+            logger.exception("%s: a frame could not be handled: closing", self.label)
+            self.shut(1011, "internal error", timeout=1.0)
+            return
+        if rest is not None:  # not while this peer writes its own frames (`_reply`)
+            self._spawn(rest)
 
     def _heard(self) -> int:
         if self._room is not None and self._events and self.outbox_bytes <= self.max_outbox_bytes:
@@ -735,7 +788,7 @@ class Peer:
                 waiting = self._pending.get(exc.packet_id)
                 if waiting is not None and not waiting.done():
                     waiting.set_exception(exc)
-            return self._send_quietly(encode(Response.fail(exc.packet_id, str(exc), exc.code)))
+            return self._reply(encode(Response.fail(exc.packet_id, str(exc), exc.code)))
         if type(packet) is Response:
             future = self._pending.get(packet.id) if packet.id is not None else None
             if future is None or future.done():
@@ -762,7 +815,7 @@ class Peer:
                         self._max_in_flight,
                         extra=call_extra(packet, self.session, "websocket"),
                     )
-                return self._send_quietly(
+                return self._reply(
                     encode(
                         Response.fail(
                             packet.id,
@@ -798,6 +851,17 @@ class Peer:
             if self._event_worker is None:
                 self._event_worker = asyncio.create_task(self._drain_events())
         return None
+
+    def _reply(self, frame: bytes) -> Awaitable[None] | None:
+        """Send an answer of the reader's own (a 400, a 429); None, or the send to await.
+
+        Queued where this peer writes its own frames (then the outbox bound, not an await,
+        holds the reader back): a tapped frame's handling never needs to wait.
+        """
+        if self._coalesce:
+            self._queue(frame)
+            return None
+        return self._send_quietly(frame)
 
     async def _send_answer(self, answer: bytes, request: Request) -> None:
         try:

@@ -15,8 +15,9 @@ from typing import TypeAlias
 import aiohttp
 
 from ..errors import CertificateError
+from ..frames import Tapped
 
-__all__ = ["SSLOption", "certificate_error", "client_session"]
+__all__ = ["SSLOption", "TappedClientWebSocket", "certificate_error", "client_session"]
 
 SSLOption: TypeAlias = SSLContext | bool | None
 """How a client verifies the server's TLS certificate.
@@ -41,7 +42,16 @@ def client_session(
     """
     # On the connector rather than on each request: no call site can forget it.
     connector = aiohttp.TCPConnector(ssl=True if ssl is None else ssl)
-    return aiohttp.ClientSession(headers=headers, connector=connector)
+    return aiohttp.ClientSession(
+        headers=headers, connector=connector, ws_response_class=TappedClientWebSocket
+    )
+
+
+class TappedClientWebSocket(Tapped, aiohttp.ClientWebSocketResponse):
+    """aiohttp's client WebSocket with a `frames.FrameTap` before its reader.
+
+    What a `Peer` reads on it skips a trip through the event loop; anything else is aiohttp's.
+    """
 
 
 def certificate_error(exc: aiohttp.ClientConnectorCertificateError, url: str) -> CertificateError:

@@ -9,6 +9,7 @@ import logging
 from aiohttp import web
 
 from ..errors import ConnectionClosedError, NotConnectedError
+from ..frames import Tapped
 from ..logs import call_extra
 from ..outcome import call_event_handler
 from ..packets import PROTOCOL_VERSION, SESSION_EVENT, SUBPROTOCOL, TAKEN_OVER, Event, StatusCode
@@ -27,6 +28,12 @@ logger = logging.getLogger(__name__)
 GOODBYE_WAIT = 1.0
 """Seconds a goodbye's answer waits for the session's end in a shared backplane, and for the
 client to take the answer."""
+
+
+class _TappedResponse(Tapped, web.WebSocketResponse):
+    """aiohttp's server WebSocket with a `frames.FrameTap` before its reader."""
+
+    tap_masked = True
 
 
 class WebSocketEndpoint:
@@ -51,7 +58,7 @@ class WebSocketEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler of the WebSocket path."""
         settings = self.settings
-        ws = web.WebSocketResponse(
+        ws = _TappedResponse(
             # aiohttp refuses a frame of exactly max_msg_size: the limit itself is allowed.
             max_msg_size=settings.max_message_size + 1,
             # The Peer pings and answers pings itself (`liveness`): aiohttp's heartbeat costs
@@ -115,8 +122,11 @@ class WebSocketEndpoint:
             )
             lifecycle.spawn(previous.close(TAKEN_OVER, "session taken over by another connection"))
         session.receives = True
-        lifecycle.spawn(self._greet(session, peer, resumed))
         try:
+            # The session event goes out before the reader answers anything (§7: it is the
+            # first frame), even to frames that came with the upgrade request.
+            if await self._greet(session, peer, resumed):
+                lifecycle.spawn(self._welcome(session, peer))
             await peer.run()
         finally:
             lifecycle.peers.discard(peer)
@@ -149,8 +159,8 @@ class WebSocketEndpoint:
                 for handler in self.dispatcher.disconnect_handlers:
                     await call_event_handler(handler, (session,), "disconnect", session)
 
-    async def _greet(self, session: Connection, peer: Peer, resumed: bool) -> None:
-        # The session event first, then what waited in the buffer, then anything new.
+    async def _greet(self, session: Connection, peer: Peer, resumed: bool) -> bool:
+        """Send the session event; False when the connection is gone already."""
         dropped = await self.backplane.claim(session)
         stats = self.lifecycle.stats
         stats.dropped += dropped
@@ -167,7 +177,12 @@ class WebSocketEndpoint:
         try:
             await peer.send(greeting)
         except (NotConnectedError, ConnectionClosedError):
-            return
+            return False
+        return True
+
+    async def _welcome(self, session: Connection, peer: Peer) -> None:
+        # After the session event: what waited in the buffer, then the connect handlers.
+        stats = self.lifecycle.stats
         waiting = session.buffered
         replayed = await session.replay(peer)
         stats.replayed += max(0, waiting - session.buffered)
