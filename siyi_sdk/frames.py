@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
-__all__ = ["FrameTaker", "FrameTap", "Tapped", "text_frames"]
+__all__ = ["FrameTaker", "FrameTap", "Tapped", "text_frame", "text_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,16 @@ def _header(first: int, second: int, size: int) -> bytes:
     if size < 65536:
         return _HEADER_MEDIUM(first, second | 126, size)
     return _HEADER_LONG(first, second | 127, size)
+
+
+def text_frame(payload: bytes, *, masked: bool) -> bytes:
+    """`payload` as one final text frame: `text_frames` of one, without its list and loop."""
+    if not masked:
+        return _header(_FIN_TEXT, 0, len(payload)) + payload
+    key = _random_key(32).to_bytes(4, "big")
+    body = bytearray(payload)
+    _mask(key, body)
+    return _header(_FIN_TEXT, _MASKED, len(payload)) + key + body
 
 
 def text_frames(payloads: list[bytes], *, masked: bool) -> bytes:

@@ -44,7 +44,7 @@ from .errors import (
     error_for_response,
 )
 from .expiry import Expired, Expiry
-from .frames import FrameTap, text_frames
+from .frames import FrameTap, text_frame, text_frames
 from .liveness import Liveness
 from .logs import SessionTagged, bad_packet_extra, call_extra
 from .outcome import encode_response, start_task
@@ -889,7 +889,7 @@ class Peer:
             now = _monotonic()
             if now - self._last_write > _BURST_GAP:
                 self._last_write = now
-                self._write([frame])
+                self._write(text_frame(frame, masked=self._masked), 1)
                 return
             self._batch = [frame]
             asyncio.get_running_loop().call_soon(self._flush)
@@ -897,7 +897,7 @@ class Peer:
         batch.append(frame)
         if len(batch) >= _BATCH:
             self._batch = []  # the turn goes on: what follows waits for its end
-            self._write(batch)
+            self._write(text_frames(batch, masked=self._masked), len(batch))
 
     def _flush(self) -> None:
         """Write the frames batched by `_queue` as text frames, in one write."""
@@ -905,15 +905,16 @@ class Peer:
         self._batch = None
         if batch:
             self._last_write = _monotonic()
-            self._write(batch)
+            self._write(text_frames(batch, masked=self._masked), len(batch))
 
-    def _write(self, batch: list[bytes]) -> None:
+    def _write(self, frames: bytes, count: int) -> None:
+        """Write `count` frames made by `text_frame(s)` to the socket, unless it is gone."""
         writable = self._writable
         if self.closed or writable is None or writable.is_closing():
             # Requests among them fail as the reader ends: it sees the same drop.
-            logger.debug("%s: %d frames lost: the connection dropped", self.label, len(batch))
+            logger.debug("%s: %d frames lost: the connection dropped", self.label, count)
             return
-        writable.write(text_frames(batch, masked=self._masked))
+        writable.write(frames)
 
     def _on_reserved(self, event: Event) -> None:
         if event.name == CHUNK_EVENT:

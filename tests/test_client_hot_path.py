@@ -24,7 +24,7 @@ from siyi_sdk import (
 )
 from siyi_sdk.calls import within
 from siyi_sdk.expiry import Expired, Expiry
-from siyi_sdk.frames import text_frames
+from siyi_sdk.frames import text_frame, text_frames
 from tests.conftest import RawServerFactory, greet
 
 
@@ -61,6 +61,9 @@ def test_text_frames_carry_every_length_class(masked: bool) -> None:
     payloads = [b"", b"x", b"a" * 125, b"b" * 126, b"c" * 65535, b"d" * 65536, b'{"id":"1"}']
     frames = _read_frames(text_frames(payloads, masked=masked))
     assert frames == [(masked, p) for p in payloads]
+    # One frame on its own (`text_frame`, a lone request or answer) is the same frame.
+    alone = [_read_frames(text_frame(p, masked=masked))[0] for p in payloads]
+    assert alone == frames
 
 
 def test_masked_frames_use_a_fresh_key_each() -> None:

@@ -18,14 +18,23 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.base_protocol import BaseProtocol
 
 from siyi_sdk import ProtocolServer
 from siyi_sdk.frames import FrameTap
+from siyi_sdk.peer import Peer
+from siyi_sdk.server.ws_endpoint import TappedResponse
 
-from .conftest import ClientFactory, ServerFactory, wait_for, wait_until, ws_url
+from .conftest import (
+    ClientFactory,
+    RawServerFactory,
+    ServerFactory,
+    wait_for,
+    wait_until,
+    ws_url,
+)
 
 LIMIT = 70_000
 """The size limit of these tests: above 65,535, so frames of every length form fit under it."""
@@ -367,3 +376,38 @@ async def test_a_compressed_connection_leaves_every_frame_to_aiohttp(
         tap = connection.peer._ws.frame_tap  # type: ignore[attr-defined]
         assert tap.taker is None  # retired: the peer writes through aiohttp's compressor
         assert tap.taken == 0
+
+
+async def test_a_frame_the_peer_fails_on_closes_that_connection_with_1011(
+    make_raw_server: RawServerFactory,
+) -> None:
+    """A bug in handling a tapped frame ends its connection, as it would end the reader."""
+
+    def broken(request: Any) -> bytes:
+        raise RuntimeError("a bug")
+
+    taps: list[FrameTap | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = TappedResponse(autoping=False, autoclose=False)
+        await ws.prepare(request)
+        taps.append(ws.frame_tap)
+        transport = request.transport
+        assert transport is not None
+        peer = Peer(ws, on_request=broken, on_event=no_events, transport=transport)
+        await peer.run()
+        return ws
+
+    url = await make_raw_server(handler)
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        await ws.send_str('{"id": "1", "type": "request", "command": "x"}')
+        closed = await wait_for(ws.receive())
+        assert closed.type is WSMsgType.CLOSE
+        assert closed.data == 1011
+    [tap] = taps
+    assert tap is not None
+    assert tap.taken == 1  # the tap's path, not the reader's
+
+
+async def no_events(event: Any) -> None:
+    return None

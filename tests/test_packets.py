@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import uuid
@@ -71,6 +72,20 @@ def test_new_ids_are_unique_uuid4s_and_a_forked_child_makes_its_own() -> None:
     assert len(child) == 1000
     assert not set(child) & set(parent)
     assert child[0].rsplit("-", 2)[0] != parent[0].rsplit("-", 2)[0]  # its own prefix
+
+
+def test_ids_stay_uuid4s_when_the_counter_runs_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from siyi_sdk import packets
+
+    monkeypatch.setattr(packets, "_id_counter", itertools.count(packets._ID_LAST))
+    last, after = packets.new_id(), packets.new_id()
+    assert last.endswith("-ffffffffffff")
+    for made in (last, after):
+        parsed = uuid.UUID(made)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == made
+    assert last.rsplit("-", 1)[0] != after.rsplit("-", 1)[0]  # a fresh prefix and counter
 
 
 def test_request_keeps_a_given_id() -> None:

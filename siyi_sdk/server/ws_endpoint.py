@@ -21,7 +21,7 @@ from .connection import Connection
 from .dispatch import Dispatcher
 from .lifecycle import Lifecycle, ServerSettings
 
-__all__ = ["WebSocketEndpoint"]
+__all__ = ["TappedResponse", "WebSocketEndpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ GOODBYE_WAIT = 1.0
 client to take the answer."""
 
 
-class _TappedResponse(Tapped, web.WebSocketResponse):
+class TappedResponse(Tapped, web.WebSocketResponse):
     """aiohttp's server WebSocket with a `frames.FrameTap` before its reader."""
 
     tap_masked = True
@@ -58,7 +58,7 @@ class WebSocketEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler of the WebSocket path."""
         settings = self.settings
-        ws = _TappedResponse(
+        ws = TappedResponse(
             # aiohttp refuses a frame of exactly max_msg_size: the limit itself is allowed.
             max_msg_size=settings.max_message_size + 1,
             # The Peer pings and answers pings itself (`liveness`): aiohttp's heartbeat costs
