@@ -14,8 +14,8 @@ round trip. While a `Peer` waits for its next frame and nothing is queued, the t
 plain frames of each read (final, uncompressed text frames within the size limit) at once,
 from the protocol's own callback; everything else (control frames, fragments, compression, a
 frame cut by the read, bad UTF-8, a peer that may not read now) goes to aiohttp's reader as
-before. Measured on a sequential round trip, this took siyi's latency from about 1.2x raw
-aiohttp's to about 1.05x (benchmarks/PROFILE.md).
+before. On a sequential round trip this took siyi's p50 on 3.13 from 1.21-1.23x raw
+aiohttp's to 1.08-1.18x in alternating runs (benchmarks/PROFILE.md, fourth pass).
 """
 
 from __future__ import annotations

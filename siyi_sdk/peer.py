@@ -9,7 +9,7 @@ Bounded memory (§4): the reader stops reading while too many events wait for th
 while too many bytes wait to be written to the other side, so a peer that sends faster than it
 is served, or does not read, is held back by TCP instead of filling this process.
 
-Why one module of about 920 lines: `Peer` is the hot path of every WebSocket on both sides
+Why one module of about 970 lines: `Peer` is the hot path of every WebSocket on both sides
 (read, parse, dispatch, match, write, pause), and each step reads state the others keep;
 split into parts, every frame would pay attribute lookups across objects. The engine of
 deadlines, cancels and streams it drives lives in `calls`, handlers' outcomes in `outcome`.
