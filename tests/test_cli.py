@@ -337,7 +337,14 @@ async def test_call_exits_2_when_no_response_comes_in_time(make_server: ServerFa
 
     @server.command("hang")
     async def hang(connection: Connection, params: dict[str, Any]) -> None:
-        await release.wait()
+        # A handler that outlives its deadline (the call's own 0.5 s, §9): the server cannot
+        # answer 408 in time, so the client's own limit is what ends the call. (One that
+        # stops at its deadline races its 408 against the client's timer.)
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
 
     try:
         code, stdout, child = await siyi(
