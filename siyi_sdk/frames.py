@@ -280,8 +280,10 @@ class Tapped:
     aiohttp makes a connection's `WebSocketReader`, sets it as ``self._parser`` and then gives
     ``self._parser`` to the protocol (``set_parser``), which feeds it what was read after the
     handshake, then every read. Here ``_parser`` hands the protocol a tap around the reader,
-    so the tap sees every byte from the first one. An aiohttp that does this differently
-    never calls the setter: the connection then simply has no tap (`frame_tap` is None).
+    so the tap sees every byte from the first one. aiohttp does so since 3.14.4; a release
+    that makes its reader in a local variable (3.11 to 3.14.3) never calls the setter, and
+    the connection simply has no tap (`frame_tap` is None): everything goes through aiohttp's
+    queue.
     """
 
     tap_masked: ClassVar[bool] = False
