@@ -20,13 +20,14 @@ aiohttp's to 1.08-1.18x in alternating runs (benchmarks/PROFILE.md, fourth pass)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import struct
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
-__all__ = ["FrameTaker", "FrameTap", "Tapped", "text_frame", "text_frames"]
+__all__ = ["FrameTaker", "FrameTap", "Tapped", "text_frame", "text_frames", "writable"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,23 @@ def _find_mask() -> Callable[[bytes, bytearray], None]:
 
 _mask = _find_mask()
 _random_key = random.Random().getrandbits  # masking keys need not be secret, only fresh
+
+
+_TRANSPORT_API = ("write", "is_closing", "get_write_buffer_size", "get_write_buffer_limits")
+
+
+def writable(transport: object) -> asyncio.WriteTransport | None:
+    """`transport` if frames can be written to it directly, else None.
+
+    An asyncio transport, or one with the same API that does not inherit asyncio's classes
+    (uvloop's): without this check by what it does, a server or client on uvloop would
+    write through aiohttp's writer one frame per system call and read without the tap.
+    """
+    if isinstance(transport, asyncio.WriteTransport):
+        return transport
+    if transport is not None and all(hasattr(transport, name) for name in _TRANSPORT_API):
+        return cast(asyncio.WriteTransport, transport)
+    return None
 
 
 def _header(first: int, second: int, size: int) -> bytes:

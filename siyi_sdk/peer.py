@@ -44,7 +44,7 @@ from .errors import (
     error_for_response,
 )
 from .expiry import Expired, Expiry
-from .frames import FrameTap, text_frame, text_frames
+from .frames import FrameTap, text_frame, text_frames, writable
 from .liveness import Liveness
 from .logs import SessionTagged, bad_packet_extra, call_extra
 from .outcome import encode_response, start_task
@@ -248,7 +248,7 @@ class Peer:
         """The largest frame a `FrameTap` hands over (`frames.FrameTaker`)."""
         self._reading = False  # the reader waits for a frame in `ws.receive()`
         self._transport = transport
-        self._writable = transport if isinstance(transport, asyncio.WriteTransport) else None
+        self._writable = writable(transport)
         # Frames that can be sent at once (answers given at once, a client's requests) are
         # batched and written together (`_flush`) where this peer can write its own frames: a
         # known transport and no compression.

@@ -21,6 +21,7 @@ from tenacity import RetryCallState
 
 from ..calls import DEFAULT_WINDOW, Sink, requested_window
 from ..errors import ConnectionClosedError, NotConnectedError
+from ..frames import writable
 from ..instrument import instrument
 from ..packets import TAKEN_OVER, Event, Request, RequestPacket, ResponsePacket
 from ..peer import Peer
@@ -36,15 +37,14 @@ __all__ = ["WebSocketAdapter"]
 logger = logging.getLogger(__name__)
 
 
-def _transport_of(ws: aiohttp.ClientWebSocketResponse) -> asyncio.BaseTransport | None:
+def _transport_of(ws: aiohttp.ClientWebSocketResponse) -> asyncio.WriteTransport | None:
     """The socket's transport, so the peer can write a burst of requests in one write.
 
     aiohttp keeps it on the connection a client WebSocket holds, which has no public name on
     the WebSocket; without it (another aiohttp), the peer sends through `send_frame`.
     """
     connection = getattr(ws, "_conn", None)
-    transport = getattr(connection, "transport", None)
-    return transport if isinstance(transport, asyncio.BaseTransport) else None
+    return writable(getattr(connection, "transport", None))
 
 
 class WebSocketAdapter(Adapter):

@@ -21,6 +21,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import WSMsgType, web
 
+from ...frames import writable
 from .auth import Caller
 
 __all__ = ["Feed", "Viewer", "merge_patch", "page_doc"]
@@ -85,7 +86,7 @@ class Viewer:
         self.caller = caller
         self.page: PageKey | None = None
         self.trace_seen: tuple[str, int] = ("", 0)
-        self._transport = transport if isinstance(transport, asyncio.WriteTransport) else None
+        self._transport = writable(transport)
 
     async def send(self, text: str) -> None:
         """Send one message; a viewer too far behind is closed rather than waited for."""
