@@ -436,7 +436,12 @@ def parse_object(obj: Any) -> Packet:
         fast = _parse_plain(obj)
         if fast is not None:
             return fast
-    elif not isinstance(obj, dict):
+    return _parse_checked(obj)
+
+
+def _parse_checked(obj: Any) -> Packet:
+    """`parse_object` for what the hand-checked path did not take: pydantic says what is wrong."""
+    if not isinstance(obj, dict):
         raise ProtocolError(f"a packet must be a JSON object, not {type(obj).__name__}")
     pid = usable_id(obj)
     kind = obj.get("type")
@@ -479,7 +484,7 @@ def parse_message(raw: str | bytes | bytearray | memoryview) -> Packet:
         fast = _parse_plain(obj)
         if fast is not None:
             return fast
-    return parse_object(obj)
+    return _parse_checked(obj)
 
 
 def _default(value: Any) -> Any:

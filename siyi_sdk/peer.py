@@ -429,16 +429,12 @@ class Peer:
         timeout = stamp(request, timeout)  # the receiver holds the same deadline (§9)
         return self._register(request.id, timeout), timeout
 
-    def _check_open(self, rid: str) -> None:
+    def _register(self, rid: str, timeout: float | None) -> asyncio.Future[Response]:
+        """The future of request `rid`'s Response, failed with `Expired` after `timeout`."""
         if self._closed or self._ws.closed:
             raise NotConnectedError(f"{self.label}: the connection is closed")
         if rid in self._pending:
             raise ValueError(f"a request with id {rid!r} is already in flight")
-
-    def _register(self, rid: str, timeout: float | None) -> asyncio.Future[Response]:
-        """The future of request `rid`'s Response, failed with `Expired` after `timeout`."""
-        if rid in self._pending or self._closed or self._ws.closed:
-            self._check_open(rid)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         if timeout is not None:
@@ -578,9 +574,6 @@ class Peer:
         """
         ws = self._ws
         limit = self._max_message_size
-        writable = self._writable
-        max_events = self.max_pending_events
-        max_outbox = self.max_outbox_bytes
         if self._liveness is not None:
             self._liveness.start()
         # The frames of a read go straight to `take_frame` while the reader waits (`frames`),
@@ -604,14 +597,8 @@ class Peer:
                 if kind is _TEXT or kind is _BINARY:
                     # Bounded memory (§4): no frame is handled while the handler is behind or
                     # the other side does not read what it is sent, and meanwhile nothing more
-                    # is read (aiohttp's queue fills, then TCP holds the sender back). The
-                    # same test as `may_take`, in two comparisons per frame.
-                    events = self._events
-                    if (events is not None and len(events) >= max_events) or (
-                        self.unsent
-                        + (writable.get_write_buffer_size() if writable is not None else 0)
-                        > max_outbox
-                    ):
+                    # is read (aiohttp's queue fills, then TCP holds the sender back).
+                    if not self._has_room():
                         await self._wait_for_room()
                     data = msg.data
                     self.received += FRAME_UNIT + len(data)
@@ -661,14 +648,18 @@ class Peer:
         The reader waits for a frame and would read one now: the same checks as before each
         `receive` (bounded memory, §4), so a tapped read is held back exactly as a read is.
         """
-        if not self._reading or self._closing or self._closed:
-            return False
+        return self._reading and not self._closing and not self._closed and self._has_room()
+
+    def _has_room(self) -> bool:
+        """False while a frame read must wait (§4): for the event handler or the other side.
+
+        That is, while too many events wait for their handler, or too many bytes wait to be
+        written to the other side.
+        """
         events = self._events
         if events is not None and len(events) >= self.max_pending_events:
             return False
-        writable = self._writable
-        buffered = writable.get_write_buffer_size() if writable is not None else 0
-        return self.unsent + buffered <= self.max_outbox_bytes
+        return self.outbox_bytes <= self.max_outbox_bytes
 
     def take_frame(self, text: str) -> None:
         """Handle a text frame a `FrameTap` read, as the reader handles one it receives."""

@@ -147,6 +147,13 @@ async def opened(t: Target, **kwargs: Any) -> AsyncIterator[Socket]:
                 await sock.close()
 
 
+async def closes_alone(sock: Socket, other: Socket, code: int, what: str) -> None:
+    """`sock` closes with `code` for what it was sent (`what`); `other` still answers (§4)."""
+    closed = await sock.closed()
+    check(closed == code, f"{what} closed the WebSocket with {closed}, not {code}")
+    expect_ok(await other.call("echo", {}), f"another connection after the {code}")
+
+
 async def refused_upgrade(t: Target, **kwargs: Any) -> int:
     """The HTTP status that refused a WebSocket upgrade.
 
@@ -472,9 +479,7 @@ async def size_limit_websocket(t: Target) -> None:
         expect_ok(await sock.response(packet_id), f"an echo of exactly {limit} bytes")
         frame, packet_id = sized_echo(limit + 1)
         await sock.send(frame)
-        code = await sock.closed()
-        check(code == 1009, f"a frame of {limit + 1} bytes closed the WebSocket with {code}")
-        expect_ok(await other.call("echo", {}), "another connection after the 1009")
+        await closes_alone(sock, other, 1009, f"a frame of {limit + 1} bytes")
 
 
 @case("s4.size_limit_http", "a POST of the limit passes; one byte more gets 413 (§4)")

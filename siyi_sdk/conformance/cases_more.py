@@ -17,6 +17,7 @@ import aiohttp
 from .cases import (
     NOTE,
     SLOW,
+    closes_alone,
     expect_error,
     expect_http,
     expect_ok,
@@ -102,9 +103,7 @@ async def invalid_utf8_closes_1007(t: Target) -> None:
     async with opened(t) as sock, opened(t) as other:
         frame = json.dumps(request_packet("echo", {"text": "@@"})).encode()
         await sock.ws.send_frame(frame.replace(b"@@", b"\xff\xfe"), aiohttp.WSMsgType.TEXT)
-        code = await sock.closed()
-        check(code == 1007, f"a text frame of invalid UTF-8 closed the WebSocket with {code}")
-        expect_ok(await other.call("echo", {}), "echo on another WebSocket afterwards")
+        await closes_alone(sock, other, 1007, "a text frame of invalid UTF-8")
 
 
 @case("s4.in_flight_bound", "past max_in_flight requests running on a socket, more get 429 at once")
